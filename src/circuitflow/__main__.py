@@ -1,0 +1,3 @@
+from circuitflow.cli import main
+
+main()

@@ -1,0 +1,17 @@
+"""Errors a researcher can act on: each names the setting, file or model at fault."""
+
+
+class CircuitflowError(Exception):
+    """Base class; the command line prints these without a traceback."""
+
+
+class ConfigError(CircuitflowError):
+    """A configuration value is missing or invalid."""
+
+
+class ModelLoadError(CircuitflowError):
+    """A model or tokenizer could not be loaded."""
+
+
+class TableError(CircuitflowError):
+    """A Parquet input is missing, unreadable or lacks a column."""

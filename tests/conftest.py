@@ -1,0 +1,29 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from tiny_models import ARCHITECTURES, make_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """``tiny_model_dir(arch, extra_tokens=0)`` -> a saved tiny model directory (cached per session)."""
+    cache = {}
+
+    def get(arch: str = "gpt2", extra_tokens: int = 0) -> Path:
+        key = (arch, extra_tokens)
+        if key not in cache:
+            cache[key] = make_tiny_model(
+                arch, tmp_path_factory.mktemp(f"{arch}_{extra_tokens}"), extra_tokens=extra_tokens
+            )
+        return cache[key]
+
+    return get
+
+
+__all__ = ["ARCHITECTURES"]

@@ -1,0 +1,50 @@
+import json
+import re
+from pathlib import Path
+
+import circuitflow
+from circuitflow.config import load_schema, validate_config
+
+configfile: "config.yaml"
+
+# Validate before any job: a bad value stops the run with the key that is wrong.
+config.update(validate_config(config, load_schema(workflow.source_path("../schemas/config.schema.yaml"))))
+
+MODELS = list(config["models"])
+BUILTIN_MODELS = [m for m, spec in config["models"].items() if spec["source"] == "builtin"]
+COMMAND_SETS = config["command_sets"]
+PACKAGE_DIR = Path(circuitflow.__file__).parent
+
+
+def _alternatives(names):
+    return "|".join(map(re.escape, names)) if names else "(?!x)x"
+
+
+wildcard_constraints:
+    model=_alternatives(MODELS),
+    builtin_model=_alternatives(BUILTIN_MODELS),
+    command_set="cs[0-9]+",
+
+
+def sources(*modules):
+    """The package files a stage runs, as inputs: editing one reruns that stage."""
+    return [str(PACKAGE_DIR / m) for m in modules]
+
+
+def stage_params(**sections):
+    """JSON of exactly the settings a stage reads, so rerun triggers see only those."""
+    return json.dumps(sections, sort_keys=True)
+
+
+def model_spec(name):
+    spec = dict(config["models"][name])
+    if spec["source"] == "builtin":
+        spec["path"] = f"results/models/{name}"
+    return spec
+
+
+def model_input(wildcards):
+    """A built-in model is made by train_model; a local one must exist before the run starts."""
+    spec = model_spec(wildcards.model)
+    return [] if spec["source"] == "hub" else [spec["path"]]
+
