@@ -27,3 +27,13 @@ def tiny_model_dir(tmp_path_factory):
 
 
 __all__ = ["ARCHITECTURES"]
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow(tmp_path_factory):
+    """A work directory in which the tiny workflow has run once, end to end."""
+    from workflow_run import TINY_CONFIG, make_workdir, snakemake
+
+    workdir = make_workdir(tmp_path_factory.mktemp("workflow"), TINY_CONFIG)
+    snakemake(workdir, "--cores", "2", "--resources", "gpu=1")
+    return workdir
