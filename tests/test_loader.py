@@ -84,7 +84,8 @@ def test_tokenizer_larger_than_embeddings_is_refused(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir("gpt2"), directory)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_model_dir("gpt2", extra_tokens=1) / name, directory / name)
-    with pytest.raises(ModelLoadError, match="401 tokens but the model has only 400 embedding rows"):
+    expected = "401 tokens but the model has only 400 embedding rows"
+    with pytest.raises(ModelLoadError, match=expected):
         load_model({"source": "local", "path": str(directory)})
 
 
@@ -92,7 +93,8 @@ def test_missing_special_tokens_are_filled_in(tiny_model_dir, tmp_path):
     """EOS comes from config.json when the tokenizer lacks one; padding falls back to EOS."""
     directory = tmp_path / "no_specials"
     shutil.copytree(tiny_model_dir("llama"), directory)
-    for name, keys in [("tokenizer_config.json", ["eos_token", "pad_token"]), ("config.json", ["pad_token_id"])]:
+    removed = {"tokenizer_config.json": ["eos_token", "pad_token"], "config.json": ["pad_token_id"]}
+    for name, keys in removed.items():
         settings = json.loads((directory / name).read_text())
         for key in keys:
             del settings[key]
@@ -142,7 +144,8 @@ def test_directory_without_weights(tiny_model_dir, tmp_path):
     directory = tmp_path / "no_weights"
     shutil.copytree(tiny_model_dir("gpt2"), directory)
     (directory / "model.safetensors").unlink()
-    with pytest.raises(ModelLoadError, match=r"no_weights.*complete model.*save_pretrained.*no file named model\.safetensors"):
+    expected = r"no_weights.*complete model.*save_pretrained.*no file named model\.safetensors"
+    with pytest.raises(ModelLoadError, match=expected):
         load_model({"source": "hub", "id": str(directory)})
 
 
@@ -153,7 +156,8 @@ def test_weights_missing_from_checkpoint(tiny_model_dir, tmp_path):
     weights = load_file(directory / "model.safetensors")
     del weights["transformer.ln_f.weight"]
     save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ModelLoadError, match=r"lacks 1 weights of its architecture \(transformer\.ln_f\.weight\)"):
+    expected = r"lacks 1 weights of its architecture \(transformer\.ln_f\.weight\)"
+    with pytest.raises(ModelLoadError, match=expected):
         load_model({"source": "local", "path": str(directory)})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,12 +18,19 @@ TINY_CONFIG = {
     "models": {"tiny": {"source": "builtin"}},
     "command_sets": ["cs1"],
     "data": {"n_examples": 24, "seed": 1, "min_cols": 2, "max_cols": 3},
+    # About a minute of training on two cores: most CS1 examples right, so that every later
+    # stage has correct examples to work on.
     "training": {
-        "seed": 5, "n_train_examples": 400, "n_eval_examples": 40, "min_cols": 2, "max_cols": 3,
-        "vocab_size": 400, "n_layers": 2, "n_heads": 2, "d_model": 32, "n_ctx": 128,
-        "batch_size": 16, "max_steps": 20,
+        "seed": 5, "command_sets": ["cs1"], "n_train_examples": 4000, "n_eval_examples": 100,
+        "min_cols": 2, "max_cols": 3, "vocab_size": 2048, "n_layers": 2, "n_heads": 4,
+        "d_model": 64, "batch_size": 32, "learning_rate": 0.003, "warmup_steps": 50,
+        "max_steps": 1400, "eval_every": 200, "early_stop_accuracy": 0.9,
     },
     "clean": {"batch_size": 8},
+    "ablation": {"n_examples": 6},
+    "eap": {"features": ["ENGTABLENAME", "DEFFIELDNAME"], "batch_size": 4, "n_batches": 2,
+            "top_n": 5},
+    "faithfulness": {"circuit_sizes": [0, 5, 20, 10000]},
 }
 
 
@@ -50,3 +58,18 @@ def make_workdir(dest: Path, config: dict) -> Path:
     shutil.copytree(REPO / "profiles", dest / "profiles")
     (dest / "config.yaml").write_text(yaml.safe_dump(config))
     return dest
+
+
+def dry_run_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Rule -> number of jobs that a run would execute now, from a dry run's job table.
+
+    The target rule ``all`` is left out: it only collects files and runs no command.
+    """
+    result = snakemake(workdir, *args, "--dry-run", "--quiet", "rules")
+    out = result.stdout + result.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1].split("\ntotal", 1)[0]
+    jobs = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
+    jobs.pop("all", None)
+    return jobs

@@ -13,8 +13,8 @@ import logging
 import pandas as pd
 import pyarrow as pa
 import torch
-from tqdm.auto import tqdm
 
+from circuitflow.batching import map_batches
 from circuitflow.device import resolve_device
 from circuitflow.models.loader import load_model
 from circuitflow.tables import read_table, write_table
@@ -48,9 +48,8 @@ def greedy_answer_predictions(
     device = next(model.parameters()).device
     # Similar lengths share a batch so little padding is computed.
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]) + len(answer_ids[i]))
-    predictions: list[list[int]] = [[] for _ in prompt_ids]
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="teacher forcing", disable=not show_progress):
+
+    def predict(batch: list[int]) -> list[tuple[int, list[int]]]:
         seqs = [prompt_ids[i] + answer_ids[i] for i in batch]
         width = max(map(len, seqs))
         # Right padding: a causal LM's logits at real positions never see the padding after them.
@@ -60,9 +59,14 @@ def greedy_answer_predictions(
         first_checked = min(len(prompt_ids[i]) for i in batch) - 1
         logits = model(tokens.to(device), logits_to_keep=width - first_checked).logits
         argmax = logits.argmax(-1).cpu()
-        for row, i in enumerate(batch):
-            start = len(prompt_ids[i]) - 1 - first_checked
-            predictions[i] = argmax[row, start : start + len(answer_ids[i]) + 1].tolist()
+        starts = [len(prompt_ids[i]) - 1 - first_checked for i in batch]
+        return [(i, argmax[row, s : s + len(answer_ids[i]) + 1].tolist())
+                for row, (i, s) in enumerate(zip(batch, starts))]
+
+    predictions: list[list[int]] = [[] for _ in prompt_ids]
+    for batch in map_batches(order, batch_size, predict, "teacher forcing", show_progress):
+        for i, p in batch:
+            predictions[i] = p
     return predictions
 
 

@@ -1,7 +1,7 @@
 """Command line: ``python -m circuitflow STAGE name=path ... --params JSON``.
 
-Every Snakemake rule is one such call. ``name=path`` pairs are the stage's inputs and outputs,
-passed as keyword arguments to the stage's ``run_stage``; ``--params`` is the JSON of the
+Every Snakemake rule is one such call. ``name=path`` pairs are the stage's inputs and outputs
+(a name repeated collects a list), passed as keyword arguments to the stage's ``run_stage``; ``--params`` is the JSON of the
 config sections the stage reads (the rule's ``params``), so that rerun triggers see exactly
 those sections.
 """
@@ -27,16 +27,22 @@ STAGES = {
     "eap": "circuitflow.eap.attribution",
     "faithfulness": "circuitflow.eap.faithfulness",
     "eap-plots": "circuitflow.eap.plots",
+    "summary": "circuitflow.summary",
 }
 
 
-def _parse_paths(pairs: list[str]) -> dict[str, str]:
-    paths = {}
+def _parse_paths(pairs: list[str]) -> dict[str, str | list[str]]:
+    """``name=path`` pairs; a name given more than once collects its paths in a list."""
+    paths: dict[str, str | list[str]] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.isidentifier():
             raise CircuitflowError(f"expected name=path, got {pair!r}")
-        paths[name] = value
+        if name in paths:
+            earlier = paths[name]
+            paths[name] = [*(earlier if isinstance(earlier, list) else [earlier]), value]
+        else:
+            paths[name] = value
     return paths
 
 

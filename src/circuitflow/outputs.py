@@ -27,6 +27,10 @@ def atomic_path(target: str | Path, directory: bool = False):
         tmp = Path(name)
     try:
         yield tmp
+        # mkstemp/mkdtemp create owner-only files; results are meant to be shared like any other.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod((0o777 if directory else 0o666) & ~umask)
         if directory and target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

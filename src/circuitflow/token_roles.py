@@ -23,7 +23,9 @@ def _sections(prompt: str, total_length: int) -> list[tuple[int, int, str]]:
             f"prompt lacks {INSTRUCTION_MARKER!r}, {CONTEXT_MARKER!r} or {RESPONSE_MARKER!r}"
             f" (in this order): {prompt!r}"
         )
-    i_end, c_end, r_end = i + len(INSTRUCTION_MARKER), c + len(CONTEXT_MARKER), r + len(RESPONSE_MARKER)
+    i_end = i + len(INSTRUCTION_MARKER)
+    c_end = c + len(CONTEXT_MARKER)
+    r_end = r + len(RESPONSE_MARKER)
     return [
         (i, i_end, "template"),
         (i_end, c, "instruction"),

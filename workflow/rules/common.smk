@@ -1,11 +1,14 @@
 import json
 import re
+import shlex
 from pathlib import Path
 
 import circuitflow
 from circuitflow.config import load_schema, validate_config
 
 configfile: "config.yaml"
+
+report: "../report/workflow.rst"
 
 # Validate before any job: a bad value stops the run with the key that is wrong.
 config.update(validate_config(config, load_schema(workflow.source_path("../schemas/config.schema.yaml"))))

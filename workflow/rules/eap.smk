@@ -8,8 +8,8 @@ rule corrupt_pairs:
     input:
         model=model_input,
         code=sources(
-            "eap/pairs.py", "data/examples.py", "data/vocabulary.py", "clean.py",
-            "models/loader.py", "tables.py",
+            "eap/pairs.py", "data/examples.py", "data/phrasing.py", "data/vocabulary.py",
+            "clean.py", "batching.py", "models/loader.py", "tables.py",
         ),
     output:
         "results/{model}/{command_set}/eap/{feature}/pairs.parquet",
@@ -32,7 +32,10 @@ rule eap:
     input:
         pairs=rules.corrupt_pairs.output[0],
         model=model_input,
-        code=sources("eap/attribution.py", "models/loader.py", "tables.py", "outputs.py"),
+        code=sources(
+            "eap/attribution.py", "eap/batches.py", "eap/bridge.py", "eap/graph.py",
+            "models/loader.py", "tables.py", "outputs.py",
+        ),
     output:
         edges="results/{model}/{command_set}/eap/{feature}/edges.parquet",
         top_edges="results/{model}/{command_set}/eap/{feature}/top_edges.parquet",
@@ -59,13 +62,15 @@ rule faithfulness:
         pairs=rules.corrupt_pairs.output[0],
         edges=rules.eap.output.edges,
         model=model_input,
-        code=sources("eap/faithfulness.py", "models/loader.py", "tables.py"),
+        code=sources(
+            "eap/faithfulness.py", "eap/attribution.py", "eap/batches.py", "eap/bridge.py",
+            "eap/graph.py", "models/loader.py", "tables.py",
+        ),
     output:
         "results/{model}/{command_set}/eap/{feature}/faithfulness.parquet",
     params:
         settings=lambda w: stage_params(
-            model=model_spec(w.model), faithfulness=config["faithfulness"],
-            device=config["device"], command_set=w.command_set, feature=w.feature,
+            model=model_spec(w.model), faithfulness=config["faithfulness"], device=config["device"]
         ),
     resources:
         gpu=1,
@@ -84,9 +89,22 @@ rule eap_plots:
         faithfulness=rules.faithfulness.output[0],
         code=sources("eap/plots.py", "tables.py", "outputs.py"),
     output:
-        sankey_html="results/{model}/{command_set}/eap/{feature}/sankey.html",
-        sankey_png="results/{model}/{command_set}/eap/{feature}/sankey.png",
-        faithfulness_png="results/{model}/{command_set}/eap/{feature}/faithfulness.png",
+        sankey_html=report(
+            "results/{model}/{command_set}/eap/{feature}/sankey.html",
+            caption="../report/sankey.rst", category="EAP", subcategory="{model} {command_set}",
+            labels={"feature": "{feature}", "figure": "Sankey (interactive)"},
+        ),
+        sankey_png=report(
+            "results/{model}/{command_set}/eap/{feature}/sankey.png",
+            caption="../report/sankey.rst", category="EAP", subcategory="{model} {command_set}",
+            labels={"feature": "{feature}", "figure": "Sankey"},
+        ),
+        faithfulness_png=report(
+            "results/{model}/{command_set}/eap/{feature}/faithfulness.png",
+            caption="../report/faithfulness.rst", category="EAP",
+            subcategory="{model} {command_set}",
+            labels={"feature": "{feature}", "figure": "Faithfulness"},
+        ),
     params:
         # model_name only titles the plots; the model itself is not read.
         settings=lambda w: stage_params(

@@ -7,7 +7,10 @@ rule train_model:
     output:
         model=directory("results/models/{builtin_model}"),
         curve="results/{builtin_model}/training/curve.parquet",
-        plot="results/{builtin_model}/training/training_curve.png",
+        plot=report(
+            "results/{builtin_model}/training/training_curve.png",
+            caption="../report/training_curve.rst", category="Built-in model",
+        ),
         heldout="results/{builtin_model}/training/heldout_accuracy.parquet",
     params:
         settings=lambda w: stage_params(training=config["training"], device=config["device"]),

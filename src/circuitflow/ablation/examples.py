@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from circuitflow.errors import TableError
 from circuitflow.tables import read_table
+
+log = logging.getLogger(__name__)
 
 CLEAN_COLUMNS = ["example_id", "correct", "prompt_token_ids", "answer_token_ids", "token_roles"]
 
@@ -36,15 +38,15 @@ def make_examples(
     pad_id: int,
 ) -> AblationExamples:
     seqs = [list(p) + list(a) for p, a in zip(prompts, answers)]
-    width = max(map(len, seqs))
+    width = max(map(len, seqs), default=0)
     tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     for row, seq in enumerate(seqs):
         tokens[row, : len(seq)] = torch.tensor(seq)
     return AblationExamples(
         example_ids=np.asarray(example_ids, dtype=np.int64),
         tokens=tokens,
-        lengths=torch.tensor([len(s) for s in seqs]),
-        n_prompt=torch.tensor([len(p) for p in prompts]),
+        lengths=torch.tensor([len(s) for s in seqs], dtype=torch.long),
+        n_prompt=torch.tensor([len(p) for p in prompts], dtype=torch.long),
         roles=[list(r) for r in roles],
     )
 
@@ -54,7 +56,8 @@ def select_examples(clean_path: str, n_examples: int, pad_id: int) -> AblationEx
     table = read_table(clean_path, columns=CLEAN_COLUMNS).sort_values("example_id")
     table = table[table["correct"] & (table["answer_token_ids"].map(len) > 0)].head(n_examples)
     if table.empty:
-        raise TableError(f"{clean_path}: no correct example to ablate")
+        # A model may get a whole command set wrong; its ablation tables are then empty.
+        log.warning("%s: no correct example to ablate", clean_path)
     return make_examples(
         table["example_id"], table["prompt_token_ids"].tolist(),
         table["answer_token_ids"].tolist(), table["token_roles"].tolist(), pad_id,

@@ -47,10 +47,8 @@ SCHEMA = pa.schema(
         ("aggregates", _STRING_LIST),
         ("table_synonym", pa.string()),
         ("field_synonyms", _STRING_LIST),
-        (
-            "spans",
-            pa.list_(pa.struct([("role", pa.string()), ("start", pa.int64()), ("end", pa.int64())])),
-        ),
+        ("spans", pa.list_(pa.struct([("role", pa.string()), ("start", pa.int64()),
+                                      ("end", pa.int64())]))),
     ]
 )
 
@@ -66,12 +64,15 @@ class _Text:
 
     def add(self, piece: str, role: str | None = None) -> None:
         if role is not None:
-            self.spans.append({"role": role, "start": len(self.text), "end": len(self.text) + len(piece)})
+            start = len(self.text)
+            self.spans.append({"role": role, "start": start, "end": start + len(piece)})
         self.text += piece
 
     def extend(self, other: _Text) -> None:
         offset = len(self.text)
-        self.spans += [{**s, "start": s["start"] + offset, "end": s["end"] + offset} for s in other.spans]
+        for span in other.spans:
+            start, end = span["start"] + offset, span["end"] + offset
+            self.spans.append({**span, "start": start, "end": end})
         self.text += other.text
 
     def add_template(self, template: str, fill: dict) -> None:
@@ -83,11 +84,25 @@ class _Text:
                 self.add(piece)
 
 
-def _english_word(rng: random.Random, name: str, synonyms: tuple[str, str], p: float) -> str:
+def format_prompt(english: str, context: str) -> str:
+    """The prompt template: instruction, context, then the response marker and one space."""
+    return f"{INSTRUCTION_MARKER} {english} {CONTEXT_MARKER} {context} {RESPONSE_MARKER} "
+
+
+def english_word(rng: random.Random, name: str, synonyms: tuple[str, str], p: float) -> str:
     return rng.choice(synonyms) if rng.random() < p else name
 
 
-def _english(rng, template, table_word, selected, words, aggregates, order_by) -> _Text:
+def _english(
+    rng: random.Random,
+    template: str,
+    table_word: str,
+    selected: list[Field],
+    words: dict[str, str],
+    aggregates: list[str],
+    order_by: list[tuple[Field, str]],
+) -> _Text:
+    """The instruction: the select template filled in, then the ORDER BY phrase, if any."""
     def fill_table(text: _Text) -> None:
         text.add(table_word, "eng_table")
 
@@ -120,7 +135,7 @@ def _english(rng, template, table_word, selected, words, aggregates, order_by) -
     return english
 
 
-def _create_table(table: str, columns: list[Field]) -> _Text:
+def create_table_text(table: str, columns: list[Field]) -> _Text:
     context = _Text()
     context.add("CREATE TABLE ")
     context.add(table, "def_table")
@@ -135,7 +150,9 @@ def _create_table(table: str, columns: list[Field]) -> _Text:
     return context
 
 
-def _sql(table: str, selected: list[Field], aggregates: list[str], order_by) -> _Text:
+def sql_text(
+    table: str, selected: list[Field], aggregates: list[str], order_by: list[tuple[Field, str]]
+) -> _Text:
     sql = _Text()
     sql.add("SELECT ")
     for k, (field, aggregate) in enumerate(zip(selected, aggregates), 1):
@@ -162,8 +179,14 @@ def _sql(table: str, selected: list[Field], aggregates: list[str], order_by) -> 
     return sql
 
 
-def _example(rng: random.Random, command_set: str, min_cols: int, max_cols: int,
-             table_synonym_p: float, field_synonym_p: float) -> dict:
+def _example(
+    rng: random.Random,
+    command_set: str,
+    min_cols: int,
+    max_cols: int,
+    table_synonym_p: float,
+    field_synonym_p: float,
+) -> dict:
     table = rng.choice(_TABLE_NAMES)
     columns = rng.sample(FIELDS, rng.randint(min_cols, max_cols))
     selected = rng.sample(columns, rng.randint(1, len(columns)))
@@ -180,12 +203,12 @@ def _example(rng: random.Random, command_set: str, min_cols: int, max_cols: int,
             aggregates[k] = rng.choice(allowed_aggregates(selected[k].type))
 
     # One English word per column, so a field selected and sorted on reads the same both times.
-    table_word = _english_word(rng, table, TABLES[table], table_synonym_p)
-    words = {f.name: _english_word(rng, f.name, f.synonyms, field_synonym_p) for f in columns}
+    table_word = english_word(rng, table, TABLES[table], table_synonym_p)
+    words = {f.name: english_word(rng, f.name, f.synonyms, field_synonym_p) for f in columns}
     template = rng.choice(phrasing.SELECT_TEMPLATES)
     english = _english(rng, template, table_word, selected, words, aggregates, order_by)
-    context = _create_table(table, columns)
-    sql = _sql(table, selected, aggregates, order_by)
+    context = create_table_text(table, columns)
+    sql = sql_text(table, selected, aggregates, order_by)
 
     full = _Text()
     full.add(f"{INSTRUCTION_MARKER} ")
@@ -208,7 +231,7 @@ def _example(rng: random.Random, command_set: str, min_cols: int, max_cols: int,
         "aggregates": aggregates,
         "table_synonym": table_word,
         "field_synonyms": [words[f.name] for f in selected],
-        "spans": sorted(full.spans, key=lambda s: s["start"]),
+        "spans": full.spans,  # in text order: pieces are added left to right
     }
 
 
@@ -227,10 +250,13 @@ def generate_examples(
     with one seed do not share choices.
     """
     if command_set not in COMMAND_SETS:
-        raise ConfigError(f"command_set: unknown {command_set!r}; expected one of {', '.join(COMMAND_SETS)}")
+        raise ConfigError(
+            f"command_set: unknown {command_set!r}; expected one of {', '.join(COMMAND_SETS)}"
+        )
     if not 1 <= min_cols <= max_cols <= len(FIELDS):
         raise ConfigError(
-            f"min_cols/max_cols: need 1 <= min_cols <= max_cols <= {len(FIELDS)}, got {min_cols}, {max_cols}"
+            f"data.min_cols/max_cols: need 1 <= min_cols <= max_cols <= {len(FIELDS)}"
+            f" (the number of field names), got {min_cols} and {max_cols}"
         )
     # random.Random seeds a string through SHA-512: stable across runs, unlike hash().
     rng = random.Random(f"{seed}/{command_set}")
@@ -238,9 +264,8 @@ def generate_examples(
     field_synonym_p = FIELD_SYNONYM_P if use_synonyms_field else 0.0
     rows = []
     for example_id in range(n_examples):
-        rows.append({"example_id": example_id, **_example(
-            rng, command_set, min_cols, max_cols, table_synonym_p, field_synonym_p
-        )})
+        example = _example(rng, command_set, min_cols, max_cols, table_synonym_p, field_synonym_p)
+        rows.append({"example_id": example_id, **example})
         if (example_id + 1) % 10000 == 0:
             log.info("%s: %d of %d examples", command_set, example_id + 1, n_examples)
     return pd.DataFrame(rows, columns=SCHEMA.names)

@@ -79,7 +79,8 @@ AGGREGATE_PHRASES = {
     ),
 }
 
-# Introduces the ORDER BY items: "<select sentence> sorted by price descending, then name ascending".
+# Introduce the ORDER BY items, after the select sentence:
+# "... sorted by price descending, then name ascending".
 ORDER_LEADS = (
     "sorted by",
     "ordered by",

@@ -27,14 +27,16 @@ NEGATIVE = "rgba(214, 39, 40, 0.45)"
 TOP_EDGE_COLUMNS = ["upstream", "downstream", "score", "rank", "in_top_every_batch"]
 FAITHFULNESS_COLUMNS = ["circuit_size", "faithfulness"]
 
-_COMPONENT = re.compile(r"l(\d+)\.(?:h(\d+)(?:\.([qkv]))?|mlp)")
+# Heads l0.h3, receivers l0.h3.q (and .k/.v), or, under grouped-query attention, the shared
+# key/value receivers l0.kv1.k and l0.kv1.v; MLPs l0.mlp.
+_COMPONENT = re.compile(r"l(\d+)\.(?:(h|kv)(\d+)(?:\.([qkv]))?|mlp)")
 
 
 def node_position(name: str) -> tuple[float, tuple]:
     """(column, order within the column) of a node or receiver name.
 
-    Layer l's heads come before its MLP, which reads them; a head's q/k/v receivers share the
-    head's column, listed after it.
+    Layer l's heads come before its MLP, which reads them; a head's receivers share the head's
+    column, listed after it (shared key/value receivers after all heads).
     """
     if name == "input":
         return 0, ()
@@ -43,10 +45,10 @@ def node_position(name: str) -> tuple[float, tuple]:
     match = _COMPONENT.fullmatch(name)
     if not match:
         raise ValueError(f"unexpected EAP node name {name!r}")
-    layer, head, qkv = match.groups()
-    if head is None:
+    layer, kind, index, receiver = match.groups()
+    if kind is None:
         return 2 * int(layer) + 2, ()
-    return 2 * int(layer) + 1, (int(head), qkv or "")
+    return 2 * int(layer) + 1, (kind == "kv", int(index), receiver or "")
 
 
 def layout(edges: pd.DataFrame) -> dict[str, tuple[int, int, int]]:
@@ -119,18 +121,19 @@ def sankey_png_figure(edges: pd.DataFrame, title: str):
     highest = tallest - 1
     for e in edges.itertuples():
         (x0, y0), (x1, y1) = centre(e.upstream), centre(e.downstream)
-        skipped = [column_top[c] for c in range(positions[e.upstream][0] + 1, positions[e.downstream][0])]
-        # A link that skips columns arcs over their boxes, so it is not read as passing through
-        # them; the cubic's midpoint lies at (y0 + y1) / 8 + 3/4 of its control points' height.
-        peak = max(skipped + [max(y0, y1) - 0.3]) + 0.45 if skipped else None
-        lift = (peak - (y0 + y1) / 8) / 0.75 if skipped else None
         x0, x1 = x0 + box_w / 2, x1 - box_w / 2
         mid = (x0 + x1) / 2
-        curve = Path(
-            [(x0, y0), (mid, lift if skipped else y0), (mid, lift if skipped else y1), (x1, y1)],
-            [Path.MOVETO] + [Path.CURVE4] * 3,
-        )
-        highest = max(highest, peak or highest)
+        controls = [(mid, y0), (mid, y1)]
+        skipped = range(positions[e.upstream][0] + 1, positions[e.downstream][0])
+        if skipped:
+            # A link that skips columns arcs over their boxes, so it is not read as passing
+            # through them. A cubic's midpoint is at (y0 + y1) / 8 + 3/4 of the height of two
+            # equal control points.
+            peak = max([column_top[c] for c in skipped] + [max(y0, y1) - 0.3]) + 0.45
+            lift = (peak - (y0 + y1) / 8) / 0.75
+            controls = [(mid, lift), (mid, lift)]
+            highest = max(highest, peak)
+        curve = Path([(x0, y0), *controls, (x1, y1)], [Path.MOVETO] + [Path.CURVE4] * 3)
         ax.add_patch(PathPatch(
             curve, facecolor="none", edgecolor="tab:red" if e.score < 0 else "tab:blue",
             alpha=0.5, linewidth=1 + 9 * abs(e.score) / (biggest or 1.0),

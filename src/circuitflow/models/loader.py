@@ -73,7 +73,8 @@ def load_pretrained(
     """Load a float32 causal LM in eval mode on ``device`` and its fast tokenizer, from a hub id
     or a directory written by ``save_pretrained``."""
     name = name or repr(name_or_path)
-    if os.path.isdir(name_or_path) and not os.path.isfile(os.path.join(name_or_path, "config.json")):
+    directory = Path(name_or_path)
+    if directory.is_dir() and not (directory / "config.json").is_file():
         raise ModelLoadError(
             f"{name}: no config.json in {name_or_path}; it should hold a model saved with "
             "save_pretrained (config.json, weights, tokenizer files)"

@@ -1,0 +1,45 @@
+"""Tables of ablation results: one row per intervention, and counts per node, position or role."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from circuitflow.ablation.engine import AblationResult
+from circuitflow.ablation.examples import AblationExamples
+
+
+def detail_table(examples: AblationExamples, result: AblationResult) -> pd.DataFrame:
+    """One row per intervention: example_id, position, role, failed, logprob_drop."""
+    return pd.DataFrame({
+        "example_id": examples.example_ids[result.example],
+        "position": result.position.astype(np.int32),
+        "role": [examples.roles[e][p] for e, p in zip(result.example, result.position)],
+        "failed": result.failed,
+        "logprob_drop": result.logprob_drop.astype(np.float32),
+    })
+
+
+def position_roles(detail: pd.DataFrame) -> pd.Series:
+    """The most common role at each position (examples differ in what sits where)."""
+    return detail.groupby("position")["role"].agg(lambda roles: roles.mode().iloc[0])
+
+
+def summarize(detail: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per group of ``keys``: n_tried, n_failed, fail_rate (%, 0-100), mean_logprob_drop; and
+    the most common role when grouped by position."""
+    table = (
+        detail.groupby(keys, sort=True)
+        .agg(
+            n_tried=("failed", "size"),
+            n_failed=("failed", "sum"),
+            mean_logprob_drop=("logprob_drop", "mean"),
+        )
+        .reset_index()
+    )
+    table["fail_rate"] = 100.0 * table["n_failed"] / table["n_tried"]
+    columns = [*keys, "n_tried", "n_failed", "fail_rate", "mean_logprob_drop"]
+    if "position" in keys:
+        table["role"] = table["position"].map(position_roles(detail))
+        columns.insert(keys.index("position") + 1, "role")
+    return table[columns]

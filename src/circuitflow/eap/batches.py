@@ -1,0 +1,60 @@
+"""Clean/corrupt pairs as padded token batches, and the logit-difference metric on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from circuitflow.errors import TableError
+
+PAIR_COLUMNS = [
+    "pair_id", "clean_token_ids", "corrupt_token_ids", "clean_answer_id", "corrupt_answer_id", "batch"
+]
+
+
+@dataclass
+class PairBatch:
+    clean: torch.Tensor  # [batch, pos] token ids, right-padded
+    corrupt: torch.Tensor
+    last: torch.Tensor  # [batch] each row's last real position, where the metric is read
+    clean_answer: torch.Tensor  # [batch] token ids
+    corrupt_answer: torch.Tensor
+
+
+def pair_batches(pairs: pd.DataFrame, pad_id: int, device: torch.device | str = "cpu"):
+    """One PairBatch per value of ``batch``, in increasing order.
+
+    Rows of a batch may differ in length: they are padded on the right, which a causal model never
+    lets reach a real position, so no attention mask is needed.
+    """
+    batches = []
+    for _, rows in pairs.sort_values(["batch", "pair_id"]).groupby("batch", sort=True):
+        lengths = [len(ids) for ids in rows["clean_token_ids"]]
+        corrupt_lengths = [len(ids) for ids in rows["corrupt_token_ids"]]
+        bad = [pid for pid, n, m in zip(rows["pair_id"], lengths, corrupt_lengths) if n != m]
+        if bad:
+            raise TableError(f"pairs {bad[:5]}: clean and corrupt prompts differ in token length")
+        width = max(lengths)
+
+        def padded(column: str) -> torch.Tensor:
+            ids = [list(row) + [pad_id] * (width - len(row)) for row in rows[column]]
+            return torch.tensor(ids, dtype=torch.long, device=device)
+
+        batches.append(PairBatch(
+            clean=padded("clean_token_ids"),
+            corrupt=padded("corrupt_token_ids"),
+            last=torch.tensor(lengths, device=device) - 1,
+            clean_answer=torch.tensor(rows["clean_answer_id"].tolist(), device=device),
+            corrupt_answer=torch.tensor(rows["corrupt_answer_id"].tolist(), device=device),
+        ))
+    return batches
+
+
+def logit_diff(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
+    """Per row: logit(clean answer) − logit(corrupt answer) at the row's last real position."""
+    final = logits[torch.arange(len(batch.last), device=logits.device), batch.last]
+    return final.gather(1, batch.clean_answer[:, None]).squeeze(1) - final.gather(
+        1, batch.corrupt_answer[:, None]
+    ).squeeze(1)

@@ -1,0 +1,260 @@
+"""EAP and EAP-IG on tiny random models of every supported architecture.
+
+The reference for every score is a finite difference computed by exact edge patching
+(``EdgeModel.run(patch=...)``), code that shares nothing with the gradient path: nudging edge
+u → r by ±ε towards its corrupt value moves the metric by ∓ε · score(u → r).
+Models run in float64 so the finite differences are accurate; a few operations (GPT-Neo's
+attention, RMSNorm) compute in float32 inside transformers, hence the tolerance.
+"""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from circuitflow.eap.attribution import attribute, run_stage, top_edge_table
+from circuitflow.eap.batches import PairBatch, logit_diff
+from circuitflow.eap.bridge import EdgeModel
+from circuitflow.eap.graph import Graph
+from circuitflow.tables import read_table, write_table
+from conftest import ARCHITECTURES
+
+EPS = 1e-3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny and run hundreds of passes: a second thread only adds
+    synchronisation, which costs seconds on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def edge_model(tiny_model_dir, arch, use_split_hooks=True):
+    directory = tiny_model_dir(arch)
+    hf = AutoModelForCausalLM.from_pretrained(directory).double().eval()
+    # Fresh models have zero biases and unit norm weights: perturb them so that code ignoring
+    # a bias or a norm weight cannot pass.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return EdgeModel(hf, AutoTokenizer.from_pretrained(directory), use_split_hooks=use_split_hooks)
+
+
+def random_batch(seed=0, lengths=(6, 4, 5), vocab=300, pad_id=0):
+    """Clean/corrupt rows of different lengths, right-padded, as ``pair_batches`` makes them."""
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+
+    def ids():
+        rows = torch.randint(1, vocab, (len(lengths), width), generator=g)
+        for row, n in zip(rows, lengths):
+            row[n:] = pad_id
+        return rows
+
+    return PairBatch(
+        clean=ids(), corrupt=ids(), last=torch.tensor(lengths) - 1,
+        clean_answer=torch.randint(1, vocab, (len(lengths),), generator=g),
+        corrupt_answer=torch.randint(1, vocab, (len(lengths),), generator=g),
+    )
+
+
+def nudged_metric(model, batch, corrupt, edge, eps):
+    weights = torch.zeros(model.graph.edge_mask.shape, dtype=corrupt.dtype)
+    weights[edge] = eps
+    with torch.no_grad():
+        current = model.upstream_buffer(batch.clean)
+        logits = model.run(batch.clean, record=current, patch=(corrupt, weights))
+    return logit_diff(logits, batch).mean().item()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_score_is_the_finite_difference_of_patching_its_edge(tiny_model_dir, arch):
+    model = edge_model(tiny_model_dir, arch)
+    batch = random_batch()
+    scores, clean_diff, corrupt_diff = attribute(model, batch)
+    corrupt = model.upstream_buffer(batch.corrupt)
+    with torch.no_grad():
+        corrupt_logits = model.run(batch.corrupt, record=corrupt)
+    assert logit_diff(corrupt_logits, batch).mean().item() == pytest.approx(corrupt_diff)
+    up, down = model.graph.edges
+    fd = torch.tensor([
+        (nudged_metric(model, batch, corrupt, e, -EPS) - nudged_metric(model, batch, corrupt, e, EPS))
+        / (2 * EPS)
+        for e in zip(up.tolist(), down.tolist())
+    ], dtype=scores.dtype)
+    assert scores[up, down].abs().max() > 1e-2  # the random model is not trivially flat
+    torch.testing.assert_close(scores[up, down], fd, rtol=0, atol=2e-3 * fd.abs().max().item())
+    assert (scores[~model.graph.edge_mask] == 0).all()
+
+
+def test_ig_with_one_step_is_eap_and_more_steps_differ(tiny_model_dir):
+    model = edge_model(tiny_model_dir, "gpt2")
+    batch = random_batch(seed=1)
+    eap, clean, corrupt = attribute(model, batch)
+    assert torch.equal(attribute(model, batch, ig_steps=1)[0], eap)
+    ig, ig_clean, ig_corrupt = attribute(model, batch, ig_steps=4)
+    assert (ig_clean, ig_corrupt) == (clean, corrupt)
+    assert not torch.allclose(ig, eap)
+
+
+def test_ig_averages_gradients_along_the_input_path(tiny_model_dir):
+    """EAP-IG's score of an edge from the input is the mean over k of Δ · ∂metric/∂r at
+    α_k = k/steps, the run's embeddings being corrupt + α_k · Δ. In that run the input node's own
+    difference from the corrupt run is α_k · Δ, so patching its edge with weight w moves the
+    metric by −w · α_k · (Δ · ∂metric/∂r): a finite difference at each α_k gives the reference."""
+    model = edge_model(tiny_model_dir, "gpt2")
+    batch = random_batch(seed=2)
+    steps = 2
+    ig = attribute(model, batch, ig_steps=steps)[0]
+    corrupt = model.upstream_buffer(batch.corrupt)
+    with torch.no_grad():
+        model.run(batch.corrupt, record=corrupt)
+    g = model.graph
+
+    def metric(alpha, receiver, w):
+        weights = torch.zeros(len(g.upstream), len(g.receivers), dtype=corrupt.dtype)
+        weights[0, receiver] = w
+        with torch.no_grad():
+            current = model.upstream_buffer(batch.clean)
+            logits = model.run(
+                batch.clean, record=current, patch=(corrupt, weights),
+                input_fn=lambda x: corrupt[0] + alpha * (x - corrupt[0]),
+            )
+        return logit_diff(logits, batch).mean().item()
+
+    reference = []
+    for receiver in range(len(g.receivers)):
+        total = 0.0
+        for k in range(1, steps + 1):
+            alpha = k / steps
+            slope = (metric(alpha, receiver, EPS) - metric(alpha, receiver, -EPS)) / (2 * EPS)
+            total += -slope / alpha
+        reference.append(total / steps)
+    reference = torch.tensor(reference, dtype=ig.dtype)
+    torch.testing.assert_close(ig[0], reference, rtol=0, atol=2e-3 * reference.abs().max().item())
+    assert not torch.allclose(ig[0], attribute(model, batch)[0][0], rtol=1e-2)
+
+
+def test_emulated_heads_match_split_hooks(tiny_model_dir):
+    """The per-head derivation used for GPT-Neo, run on models where TransformerLens splits heads
+    itself, gives the same upstream outputs, patched runs and scores."""
+    for arch in ("gpt2", "qwen2"):
+        split = edge_model(tiny_model_dir, arch)
+        derived = edge_model(tiny_model_dir, arch, use_split_hooks=False)
+        assert split.emulated is None and derived.emulated is not None
+        batch = random_batch(seed=3)
+        records = []
+        for model in (split, derived):
+            corrupt = model.upstream_buffer(batch.corrupt)
+            with torch.no_grad():
+                model.run(batch.corrupt, record=corrupt)
+            records.append(corrupt)
+        torch.testing.assert_close(records[0], records[1], rtol=0, atol=1e-10)
+        weights = torch.rand(split.graph.edge_mask.shape, dtype=torch.float64)
+        weights *= split.graph.edge_mask
+        patched = []
+        for model in (split, derived):
+            with torch.no_grad():
+                current = model.upstream_buffer(batch.clean)
+                patched.append(model.run(batch.clean, record=current, patch=(records[0], weights)))
+        torch.testing.assert_close(patched[0], patched[1], rtol=0, atol=1e-6)
+        scores = [attribute(model, batch)[0] for model in (split, derived)]
+        torch.testing.assert_close(scores[0], scores[1], rtol=0, atol=1e-6)
+
+
+def test_gpt_neo_per_head_outputs_add_up_to_the_attention_output(tiny_model_dir):
+    model = edge_model(tiny_model_dir, "gpt_neo")
+    assert model.emulated is not None  # TransformerLens 4.3 cannot split GPT-Neo's heads
+    batch = random_batch(seed=4)
+    record = model.upstream_buffer(batch.clean)
+    with torch.no_grad():
+        _, cache = model.bridge.run_with_cache(batch.clean)
+        model.run(batch.clean, record=record)
+    g = model.graph
+    for layer in range(g.n_layers):
+        heads = record[g.head(layer):g.head(layer) + g.n_heads].sum(0)
+        b_o = model.bridge.blocks[layer].attn.b_O
+        attn_out = cache[f"blocks.{layer}.hook_attn_out"]
+        torch.testing.assert_close(heads + b_o, attn_out, rtol=0, atol=1e-10)
+
+
+def test_graph_edges():
+    g = Graph(n_layers=2, n_heads=2, n_kv_heads=1)
+    assert g.upstream == ["input", "l0.h0", "l0.h1", "l0.mlp", "l1.h0", "l1.h1", "l1.mlp"]
+    assert g.receivers[:6] == ["l0.h0.q", "l0.h1.q", "l0.kv0.k", "l0.kv0.v", "l0.mlp", "l1.h0.q"]
+    edges = set(zip(*g.edge_names()))
+    assert ("l0.h1", "l0.mlp") in edges and ("input", "logits") in edges
+    assert ("l0.h1", "l0.h0.q") not in edges and ("l0.mlp", "l0.mlp") not in edges
+    assert ("l1.h0", "l1.mlp") in edges and ("l1.mlp", "l1.h0.q") not in edges
+    # input: 11 receivers; layer-0 heads: 7 each; layer-0 MLP: 6; layer-1 heads: 2 each; MLP: 1.
+    assert len(edges) == 11 + 2 * 7 + 6 + 2 * 2 + 1
+    assert Graph(2, 4, 4).receivers[4:6] == ["l0.h0.k", "l0.h1.k"]
+
+
+def test_top_edge_table_keeps_top_n_and_edges_in_every_batch_top():
+    scores = np.array([[10.0, 0.0, -3.0, 0.1], [0.0, 10.0, -3.0, 0.2]])
+    table = top_edge_table(["a", "b", "e", "d"], ["x"] * 4, scores, top_n=2)
+    assert table["upstream"].tolist() == ["a", "b", "e"]  # e is in neither mean top 2
+    assert table["rank"].tolist() == [1, 2, 3]
+    assert table["score"].tolist() == pytest.approx([5.0, 5.0, -3.0])
+    assert table["n_batches_in_top"].tolist() == [1, 1, 2]
+    assert table["in_top_every_batch"].tolist() == [False, False, True]
+
+
+def write_pairs(path, seed=0, batches=2, rows=3, vocab=300):
+    g = np.random.default_rng(seed)
+    records = []
+    for batch in range(batches):
+        for i in range(rows):
+            n = int(g.integers(4, 8))
+            records.append({
+                "pair_id": batch * rows + i, "clean_prompt": "", "corrupt_prompt": "",
+                "clean_token_ids": g.integers(1, vocab, n).tolist(),
+                "corrupt_token_ids": g.integers(1, vocab, n).tolist(),
+                "clean_answer_id": int(g.integers(1, vocab)),
+                "corrupt_answer_id": int(g.integers(1, vocab)),
+                "batch": batch,
+            })
+    write_table(pd.DataFrame(records), path)
+    return path
+
+
+def eap_params(directory, method="eap", top_n=5):
+    return {
+        "model": {"source": "local", "path": str(directory)}, "device": "cpu",
+        "command_set": "cs1", "feature": "ENGTABLENAME",
+        "eap": {"method": method, "ig_steps": 3, "top_n": top_n, "batch_size": 3, "num_fields": 2,
+                "use_novel_names": False, "use_synonyms_table": False, "use_synonyms_field": False},
+    }
+
+
+def test_run_stage_outputs(tiny_model_dir, tmp_path):
+    pairs = write_pairs(tmp_path / "pairs.parquet")
+    out = {name: tmp_path / f"{name}.{ext}" for name, ext in
+           (("edges", "parquet"), ("top_edges", "parquet"), ("results_json", "json"))}
+    paths = {name: str(path) for name, path in out.items()}
+    run_stage(eap_params(tiny_model_dir("gpt2")), pairs=str(pairs), **paths)
+    edges = read_table(out["edges"], ["batch", "upstream", "downstream", "score"])
+    g = Graph(2, 4, 4)
+    assert len(edges) == 2 * len(g.edges[0]) and sorted(edges["batch"].unique()) == [0, 1]
+    top = read_table(out["top_edges"], ["upstream", "downstream", "score", "n_batches_in_top",
+                                        "in_top_every_batch"])
+    mean = edges.groupby(["upstream", "downstream"])["score"].mean()
+    expected = [mean[(u, d)] for u, d in zip(top["upstream"], top["downstream"])]
+    assert top["score"].tolist() == pytest.approx(expected)
+    assert top["score"].abs().is_monotonic_decreasing and len(top) >= 5
+    assert top["score"].abs().iloc[0] == pytest.approx(mean.abs().max())
+    results = json.loads(out["results_json"].read_text())
+    assert results["metadata"]["n_layers"] == 2 and results["metadata"]["n_batches"] == 2
+    params = results["parameters"]
+    assert params["clean_metric"] == pytest.approx(1.0)
+    assert params["corrupt_metric"] == pytest.approx(0.0)
+    assert [e["from_edge"] for e in results["edges"]] == top["upstream"].tolist()
+    assert {"from_edge", "to_edge", "score"} == set(results["edges"][0])

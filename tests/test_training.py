@@ -1,0 +1,154 @@
+"""The built-in model's training stage, on a tiny configuration (seconds, not minutes)."""
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+from circuitflow.models import training
+from circuitflow.models.loader import load_model
+
+TINY = {
+    "seed": 1000,
+    "n_train_examples": 100,
+    "n_eval_examples": 10,
+    "min_cols": 2,
+    "max_cols": 4,
+    "use_synonyms_table": False,
+    "use_synonyms_field": False,
+    "vocab_size": 400,
+    "n_layers": 2,
+    "n_heads": 2,
+    "d_model": 16,
+    "n_ctx": 256,
+    "batch_size": 8,
+    "learning_rate": 0.01,
+    "warmup_steps": 5,
+    "weight_decay": 0.01,
+    "max_steps": 30,
+    "eval_every": 15,
+    "early_stop_accuracy": 1.0,
+}
+
+
+def train(out_dir, **overrides):
+    paths = {
+        "model": out_dir / "model",
+        "curve": out_dir / "curve.parquet",
+        "plot": out_dir / "curve.png",
+        "heldout": out_dir / "heldout.parquet",
+    }
+    training.run_stage({"training": {**TINY, **overrides}, "device": "cpu"}, **paths)
+    return paths
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Models this small are overhead-bound: a second thread only adds synchronisation (and on
+    a busy machine slows them several-fold)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train(tmp_path_factory.mktemp("train"))
+
+
+def test_labels_mask_the_prompt():
+    input_ids, labels = training.build_example([5, 6, 7], [8, 9], eos_id=0)
+    assert input_ids == [5, 6, 7, 8, 9, 0]
+    assert labels == [training.IGNORE] * 3 + [8, 9, 0]
+
+
+def test_answer_loss_counts_only_answer_and_eos():
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=20, n_positions=16, n_embd=8, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0
+    )
+    model = GPT2LMHeadModel(config).eval()  # eval: no dropout
+    examples = [
+        training.build_example([1, 2, 3, 4], [5, 6], 0),
+        training.build_example([1, 2], [7, 8, 9], 0),
+    ]
+    input_ids, labels = training._pad_batch(examples, pad_id=0)
+    loss = training.answer_loss(model, input_ids, labels)
+    # Hugging Face's own shifted loss over the same labels.
+    assert torch.allclose(loss, model(input_ids, labels=labels).loss)
+    # Exactly the answer tokens and the EOS of each example are scored: (2 + 1) + (3 + 1).
+    logits = model(input_ids).logits[:, :-1]
+    targets = labels[:, 1:]
+    keep = targets != training.IGNORE
+    assert keep.sum() == 7
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits[keep], targets[keep]))
+
+
+def test_saved_model_loads(trained):
+    model = AutoModelForCausalLM.from_pretrained(trained["model"])
+    tokenizer = AutoTokenizer.from_pretrained(trained["model"])
+    assert model.config.model_type == "gpt2"
+    assert model.config.n_layer == TINY["n_layers"] and model.config.n_head == TINY["n_heads"]
+    assert tokenizer.eos_token == "<|endoftext|>"
+    assert model.config.eos_token_id == tokenizer.eos_token_id
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    loaded = load_model({"source": "builtin", "path": str(trained["model"])})
+    assert loaded.tokenizer.pad_token_id is not None
+
+
+def test_curve_and_heldout_tables(trained):
+    curve = pd.read_parquet(trained["curve"])
+    assert list(curve.columns) == ["step", "loss", "accuracy_cs1", "accuracy_cs2", "accuracy_cs3"]
+    assert curve["step"].tolist() == list(range(1, TINY["max_steps"] + 1))
+    assert curve["loss"].head(5).mean() > curve["loss"].tail(5).mean()
+    evaluated = curve.dropna()
+    assert evaluated["step"].tolist() == [15, 30]
+    assert evaluated[["accuracy_cs1", "accuracy_cs2", "accuracy_cs3"]].stack().between(0, 1).all()
+
+    heldout = pd.read_parquet(trained["heldout"])
+    assert list(heldout.columns) == ["command_set", "n_examples", "n_correct", "accuracy"]
+    assert heldout["command_set"].tolist() == ["cs1", "cs2", "cs3"]
+    assert heldout["n_examples"].between(1, TINY["n_eval_examples"]).all()
+    assert (heldout["n_correct"] <= heldout["n_examples"]).all()
+    expected = heldout["n_correct"] / heldout["n_examples"]
+    assert heldout["accuracy"].tolist() == pytest.approx(expected.tolist())
+    # The final table is the last evaluation on the curve.
+    assert heldout["accuracy"].tolist() == pytest.approx(evaluated.iloc[-1, 2:].tolist())
+    assert trained["plot"].stat().st_size > 0
+
+
+def test_same_config_same_weights(trained, tmp_path):
+    again = train(tmp_path)
+    first = load_file(trained["model"] / "model.safetensors")
+    second = load_file(again["model"] / "model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    first_tokenizer, second_tokenizer = (run["model"] / "tokenizer.json" for run in (trained, again))
+    assert first_tokenizer.read_text() == second_tokenizer.read_text()
+
+
+def test_heldout_data_differs_from_training_data():
+    train_prompts = set(training._generate(TINY, "cs1", 500, training.TRAIN_STREAM)["prompt"])
+    eval_prompts = set(training._generate(TINY, "cs1", 500, training.EVAL_STREAM)["prompt"])
+    assert train_prompts != eval_prompts
+    assert training.derived_seed(1000, training.TRAIN_STREAM, "cs1") != training.derived_seed(
+        1000, training.EVAL_STREAM, "cs1"
+    )
+
+
+def test_failure_leaves_no_output(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("plot failed")
+
+    # Fails while the outputs are being written, after the model was saved to its temporary name.
+    monkeypatch.setattr(training, "_plot_curve", broken)
+    with pytest.raises(RuntimeError, match="plot failed"):
+        train(tmp_path, max_steps=2, eval_every=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_early_stop(tmp_path):
+    paths = train(tmp_path, early_stop_accuracy=0.0, eval_every=5)
+    assert pd.read_parquet(paths["curve"])["step"].max() == 5
