@@ -5,7 +5,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Test models are tiny and overhead-bound: a second thread only adds synchronisation, which
+# costs several-fold on a busy machine. Workflow runs in subprocesses choose their own.
+torch.set_num_threads(1)
 
 from tiny_models import ARCHITECTURES, make_tiny_model  # noqa: E402
 

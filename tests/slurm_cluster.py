@@ -86,7 +86,7 @@ def start(root: Path, timeout: float = 60) -> Cluster:
     for sub in ("state", "spool"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "slurm.conf").write_text(slurm_conf(root, host, port))
-    # slurmd drops a GPU that has no device file.
+    # slurmd drops a GPU that has no device file: /dev/null stands in for one.
     (root / "gres.conf").write_text(f"NodeName={host} Name=gpu Count=1 File=/dev/null\n")
     cluster = Cluster(root, dict(os.environ, SLURM_CONF=str(root / "slurm.conf")))
     try:
@@ -100,6 +100,7 @@ def start(root: Path, timeout: float = 60) -> Cluster:
             _wait(cluster, _munge_answers, timeout, "munged to answer")
         # -D: stay in the foreground, logging to stdout, so these processes are ours to stop.
         cluster.processes.append(_daemon(root / "slurmctld.log", cluster.env, "slurmctld", "-D"))
+        # Without SLURM_CONF: slurmd fetches the config and publishes it at CONFIGLESS_LINK.
         cluster.processes.append(_daemon(
             root / "slurmd.log", os.environ, "slurmd", "-D", "--conf-server", f"127.0.0.1:{port}"
         ))

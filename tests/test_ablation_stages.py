@@ -7,10 +7,10 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-from test_ablation_engine import own_continuations, peaky_model
+from test_ablation_engine import own_continuations, peaky_model  # noqa: F401
 from transformers import AutoTokenizer
 
-from circuitflow.ablation import nodes, plots, positions
+from circuitflow.ablation import nodes, plots, positions, useful
 from circuitflow.clean import CLEAN_SCHEMA
 from circuitflow.tables import write_table
 
@@ -59,8 +59,8 @@ def stage_outputs(tiny_model_dir, tmp_path_factory):
     nodes.run_stage(params, clean=str(tmp / "clean.parquet"),
                     detail=out["node_ablation_detail.parquet"],
                     summary=out["node_ablation.parquet"],
-                    by_role=out["node_ablation_by_role.parquet"],
-                    useful=out["useful_nodes.json"])
+                    by_role=out["node_ablation_by_role.parquet"])
+    useful.run_stage(params, summary=out["node_ablation.parquet"], out=out["useful_nodes.json"])
     plots.run_stage(
         {"plots": {"dpi": 60}, "model_name": "tiny", "command_set": "cs1"},
         nodes=out["node_ablation.parquet"], positions=out["position_summary.parquet"],
@@ -190,8 +190,10 @@ def test_no_correct_example_gives_empty_tables_and_plots(stage_outputs, tmp_path
               "device": "cpu", "ablation": {"n_examples": 5, "method": "zero", "seed": 0,
                                             "useful_threshold": 0, "batch_size": 0}}
     paths = {k: tmp_path / f"{k}.out" for k in ("detail", "summary", "by_role", "useful")}
-    nodes.run_stage(params, clean=str(tmp_path / "clean.parquet"), **paths)
+    nodes.run_stage(params, clean=str(tmp_path / "clean.parquet"),
+                    **{k: v for k, v in paths.items() if k != "useful"})
     assert len(pd.read_parquet(paths["summary"])) == 0
+    useful.run_stage(params, summary=paths["summary"], out=paths["useful"])
     assert json.loads(paths["useful"].read_text()) == []
     positions.run_stage(params, clean=str(tmp_path / "clean.parquet"),
                         detail=tmp_path / "p.parquet", summary=tmp_path / "ps.parquet")

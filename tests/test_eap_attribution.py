@@ -25,16 +25,6 @@ from conftest import ARCHITECTURES
 EPS = 1e-3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny and run hundreds of passes: a second thread only adds
-    synchronisation, which costs seconds on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def edge_model(tiny_model_dir, arch, use_split_hooks=True):
     directory = tiny_model_dir(arch)
     hf = AutoModelForCausalLM.from_pretrained(directory).double().eval()

@@ -11,9 +11,7 @@ from circuitflow.eap.bridge import EdgeModel
 from circuitflow.eap.faithfulness import patch_weights, patched_logit_diff, rank_edges
 from circuitflow.errors import CircuitflowError
 from circuitflow.tables import read_table
-from test_eap_attribution import (  # noqa: F401 (one_thread is an autouse fixture)
-    eap_params, edge_model, one_thread, random_batch, write_pairs,
-)
+from test_eap_attribution import eap_params, edge_model, random_batch, write_pairs
 
 
 def float32_model(directory):

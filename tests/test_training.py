@@ -11,6 +11,7 @@ from circuitflow.models.loader import load_model
 
 TINY = {
     "seed": 1000,
+    "command_sets": ["cs1", "cs2", "cs3"],
     "n_train_examples": 100,
     "n_eval_examples": 10,
     "min_cols": 2,
@@ -41,16 +42,6 @@ def train(out_dir, **overrides):
     }
     training.run_stage({"training": {**TINY, **overrides}, "device": "cpu"}, **paths)
     return paths
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small are overhead-bound: a second thread only adds synchronisation (and on
-    a busy machine slows them several-fold)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +143,9 @@ def test_failure_leaves_no_output(tmp_path, monkeypatch):
 def test_early_stop(tmp_path):
     paths = train(tmp_path, early_stop_accuracy=0.0, eval_every=5)
     assert pd.read_parquet(paths["curve"])["step"].max() == 5
+
+
+def test_command_sets_limit_what_is_learned_and_evaluated(tmp_path):
+    paths = train(tmp_path, command_sets=["cs2"], max_steps=2, eval_every=2)
+    assert pd.read_parquet(paths["heldout"])["command_set"].tolist() == ["cs2"]
+    assert list(pd.read_parquet(paths["curve"]).columns) == ["step", "loss", "accuracy_cs2"]

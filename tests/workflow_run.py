@@ -54,6 +54,7 @@ def make_workdir(dest: Path, config: dict) -> Path:
     """A copy of the workflow (not the package) with ``config`` as its config.yaml."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", dest)
+    shutil.copy(REPO / "environment.yml", dest)  # the rules' conda environment
     shutil.copytree(REPO / "workflow", dest / "workflow")
     shutil.copytree(REPO / "profiles", dest / "profiles")
     (dest / "config.yaml").write_text(yaml.safe_dump(config))

@@ -22,6 +22,7 @@ STAGES = {
     "clean-accuracy": "circuitflow.clean",
     "position-ablation": "circuitflow.ablation.positions",
     "node-ablation": "circuitflow.ablation.nodes",
+    "useful-nodes": "circuitflow.ablation.useful",
     "ablation-plots": "circuitflow.ablation.plots",
     "corrupt-pairs": "circuitflow.eap.pairs",
     "eap": "circuitflow.eap.attribution",

@@ -20,6 +20,8 @@ rule position_ablation:
         ),
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     log:
         "results/logs/position_ablation/{model}_{command_set}.log",
     benchmark:
@@ -39,17 +41,18 @@ rule node_ablation:
         detail="results/{model}/{command_set}/node_ablation_detail.parquet",
         summary="results/{model}/{command_set}/node_ablation.parquet",
         by_role="results/{model}/{command_set}/node_ablation_by_role.parquet",
-        useful="results/{model}/{command_set}/useful_nodes.json",
     params:
         settings=lambda w: stage_params(
             model=model_spec(w.model), device=config["device"],
             ablation={
                 k: config["ablation"][k]
-                for k in ("n_examples", "method", "seed", "useful_threshold", "batch_size")
+                for k in ("n_examples", "method", "seed", "batch_size")
             },
         ),
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     log:
         "results/logs/node_ablation/{model}_{command_set}.log",
     benchmark:
@@ -57,14 +60,33 @@ rule node_ablation:
     shell:
         "python -m circuitflow node-ablation clean={input.clean:q}"
         " detail={output.detail:q} summary={output.summary:q} by_role={output.by_role:q}"
-        " useful={output.useful:q} --params {params.settings:q} > {log:q} 2>&1"
+        " --params {params.settings:q} > {log:q} 2>&1"
+
+
+rule useful_nodes:
+    input:
+        summary=rules.node_ablation.output.summary,
+        code=sources("ablation/useful.py", "tables.py", "outputs.py"),
+    output:
+        "results/{model}/{command_set}/useful_nodes.json",
+    params:
+        settings=stage_params(ablation={"useful_threshold": config["ablation"]["useful_threshold"]}),
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/useful_nodes/{model}_{command_set}.log",
+    benchmark:
+        "results/benchmarks/useful_nodes/{model}_{command_set}.tsv"
+    shell:
+        "python -m circuitflow useful-nodes summary={input.summary:q} out={output:q}"
+        " --params {params.settings:q} > {log:q} 2>&1"
 
 
 rule ablation_plots:
     input:
         nodes=rules.node_ablation.output.summary,
         positions=rules.position_ablation.output.summary,
-        useful=rules.node_ablation.output.useful,
+        useful=rules.useful_nodes.output[0],
         code=sources("ablation/plots.py", "tables.py", "outputs.py"),
     output:
         heatmaps="results/{model}/{command_set}/ablation_heatmaps.png",
@@ -76,6 +98,8 @@ rule ablation_plots:
         settings=lambda w: stage_params(
             plots=config["plots"], model_name=w.model, command_set=w.command_set
         ),
+    conda:
+        CONDA_ENV
     log:
         "results/logs/ablation_plots/{model}_{command_set}.log",
     benchmark:

@@ -11,6 +11,8 @@ rule clean_accuracy:
         ),
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     log:
         "results/logs/clean_accuracy/{model}_{command_set}.log",
     benchmark:

@@ -17,6 +17,8 @@ MODELS = list(config["models"])
 BUILTIN_MODELS = [m for m, spec in config["models"].items() if spec["source"] == "builtin"]
 COMMAND_SETS = config["command_sets"]
 PACKAGE_DIR = Path(circuitflow.__file__).parent
+# One environment for every rule, the one the README installs (used with --use-conda).
+CONDA_ENV = "../../environment.yml"
 
 
 def _alternatives(names):
@@ -32,6 +34,11 @@ wildcard_constraints:
 def sources(*modules):
     """The package files a stage runs, as inputs: editing one reruns that stage."""
     return [str(PACKAGE_DIR / m) for m in modules]
+
+
+def repeated_arg(name, paths):
+    """``name=path`` once per path: the stage receives them as one list, in order."""
+    return " ".join(f"{name}={shlex.quote(str(p))}" for p in paths)
 
 
 def stage_params(**sections):

@@ -5,6 +5,8 @@ rule generate_examples:
         "results/data/{command_set}/examples.parquet",
     params:
         settings=lambda w: stage_params(command_set=w.command_set, data=config["data"]),
+    conda:
+        CONDA_ENV
     log:
         "results/logs/generate_examples/{command_set}.log",
     benchmark:

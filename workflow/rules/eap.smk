@@ -20,6 +20,8 @@ rule corrupt_pairs:
         ),
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     log:
         "results/logs/corrupt_pairs/{model}_{command_set}_{feature}.log",
     benchmark:
@@ -47,6 +49,8 @@ rule eap:
         ),
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     log:
         "results/logs/eap/{model}_{command_set}_{feature}.log",
     benchmark:
@@ -74,6 +78,8 @@ rule faithfulness:
         ),
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     log:
         "results/logs/faithfulness/{model}_{command_set}_{feature}.log",
     benchmark:
@@ -111,6 +117,8 @@ rule eap_plots:
             plots=config["plots"], model_name=w.model, command_set=w.command_set,
             feature=w.feature,
         ),
+    conda:
+        CONDA_ENV
     log:
         "results/logs/eap_plots/{model}_{command_set}_{feature}.log",
     benchmark:

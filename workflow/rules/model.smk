@@ -16,6 +16,8 @@ rule train_model:
         settings=lambda w: stage_params(training=config["training"], device=config["device"]),
     resources:
         gpu=1,
+    conda:
+        CONDA_ENV
     log:
         "results/logs/train_model/{builtin_model}.log",
     benchmark:

@@ -2,11 +2,6 @@ SWEEP_RUNS = [(m, c) for m in MODELS for c in COMMAND_SETS]
 EDGE_RUNS = [(m, c, f) for m, c in SWEEP_RUNS for f in config["eap"]["features"]]
 
 
-def repeated_arg(name, paths):
-    """``name=path`` once per path: the stage receives them as one list, in order."""
-    return " ".join(f"{name}={shlex.quote(str(p))}" for p in paths)
-
-
 rule summary:
     input:
         clean=[f"results/{m}/{c}/clean.parquet" for m, c in SWEEP_RUNS],
@@ -28,6 +23,8 @@ rule summary:
             repeated_arg("useful", input.useful),
             repeated_arg("top_edges", input.top_edges),
         ]),
+    conda:
+        CONDA_ENV
     log:
         "results/logs/summary/summary.log",
     benchmark:
