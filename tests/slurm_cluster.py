@@ -10,10 +10,12 @@ scheduled as on a GPU cluster although this machine has none.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,8 @@ COMMANDS = ("slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "mun
 PARTITION = "debug"
 MUNGE_SOCKET_DIR = Path("/run/munge")
 CONFIGLESS_LINK = Path("/run/slurm/conf")
+# munged and CONFIGLESS_LINK are the machine's: test sessions take turns with the cluster.
+LOCK = Path(tempfile.gettempdir()) / "circuitflow-slurm-test.lock"
 
 
 class SlurmUnavailable(Exception):
@@ -52,6 +56,7 @@ def ensure_installed(timeout: int = 300) -> None:
 class Cluster:
     root: Path
     env: dict  # os.environ plus SLURM_CONF: the environment for SLURM commands and Snakemake
+    lock: int  # file descriptor holding LOCK
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     def run(self, *command: str) -> str:
@@ -77,10 +82,12 @@ class Cluster:
         link = CONFIGLESS_LINK
         if link.is_symlink() and Path(os.readlink(link)).is_relative_to(self.root):
             link.unlink()
+        os.close(self.lock)
 
 
-def start(root: Path, timeout: float = 60) -> Cluster:
+def start(root: Path, timeout: float = 60, lock_timeout: float = 900) -> Cluster:
     """Start munged (unless one answers already), slurmctld and slurmd; wait for an idle node."""
+    lock = _take_turn(lock_timeout)
     host = socket.gethostname().split(".")[0]
     port = free_port()
     for sub in ("state", "spool"):
@@ -88,7 +95,7 @@ def start(root: Path, timeout: float = 60) -> Cluster:
     (root / "slurm.conf").write_text(slurm_conf(root, host, port))
     # slurmd drops a GPU that has no device file: /dev/null stands in for one.
     (root / "gres.conf").write_text(f"NodeName={host} Name=gpu Count=1 File=/dev/null\n")
-    cluster = Cluster(root, dict(os.environ, SLURM_CONF=str(root / "slurm.conf")))
+    cluster = Cluster(root, dict(os.environ, SLURM_CONF=str(root / "slurm.conf")), lock)
     try:
         if not _munge_answers():
             MUNGE_SOCKET_DIR.mkdir(exist_ok=True)
@@ -147,6 +154,20 @@ def free_port() -> int:
 def node_memory_mb() -> int:
     # What slurmd measures: configuring more than that would drain the node.
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+
+
+def _take_turn(timeout: float) -> int:
+    fd = os.open(LOCK, os.O_CREAT | os.O_RDWR)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise SlurmUnavailable(f"another test session held {LOCK} for {timeout} s")
+            time.sleep(1)
 
 
 def _munge_answers() -> bool:
