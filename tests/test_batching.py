@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from circuitflow.batching import map_batches
+from circuitflow.batching import Batches
 
 
-def test_out_of_memory_halves_the_batch_and_keeps_order():
+def test_out_of_memory_halves_the_batch_for_good_and_keeps_order():
     sizes = []
 
     def process(chunk):
@@ -13,9 +13,14 @@ def test_out_of_memory_halves_the_batch_and_keeps_order():
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return [x * 10 for x in chunk]
 
-    results = map_batches(list(range(11)), 16, process, show_progress=False)
+    batches = Batches(16)
+    results = batches.map(list(range(11)), process)
     assert [x for chunk in results for x in chunk] == [x * 10 for x in range(11)]
     assert sizes[:3] == [11, 8, 4] and max(sizes[3:]) <= 3
+    assert batches.size == 2
+    sizes.clear()
+    batches.map(list(range(5)), process)
+    assert sizes == [2, 2, 1]  # the next call starts at the size that fitted
 
 
 def test_single_item_that_does_not_fit_is_an_error():
@@ -23,4 +28,4 @@ def test_single_item_that_does_not_fit_is_an_error():
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        map_batches([1, 2], 2, process, show_progress=False)
+        Batches(2).map([1, 2], process)

@@ -26,12 +26,18 @@ CONFIG_EDITS = [
     ("data.n_examples", 30, {"generate_examples"}, {"train_model"}),
     ("plots.dpi", 72, {"eap_plots", "ablation_plots", "summary"},
      {"train_model", "eap", "node_ablation"}),
+    ("eap.top_n", 3, {"eap"},
+     {"train_model", "clean_accuracy", "node_ablation", "position_ablation"}),
+    ("ablation.useful_threshold", 50, {"useful_nodes"},
+     {"node_ablation", "position_ablation", "eap"}),
 ]
 
 SOURCE_EDITS = [
     # (module under src/circuitflow, rules that declare it as an input)
-    ("clean.py", {"clean_accuracy", "corrupt_pairs"}),
+    # The built-in model's held-out accuracy is computed by clean.py too.
+    ("clean.py", {"clean_accuracy", "corrupt_pairs", "train_model"}),
     ("models/training.py", {"train_model"}),
+    ("eap/plots.py", {"eap_plots"}),
 ]
 
 

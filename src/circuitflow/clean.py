@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from circuitflow.batching import map_batches
+from circuitflow.batching import Batches
 from circuitflow.device import resolve_device
 from circuitflow.models.loader import load_model
 from circuitflow.tables import read_table, write_table
@@ -64,7 +64,7 @@ def greedy_answer_predictions(
                 for row, (i, s) in enumerate(zip(batch, starts))]
 
     predictions: list[list[int]] = [[] for _ in prompt_ids]
-    for batch in map_batches(order, batch_size, predict, "teacher forcing", show_progress):
+    for batch in Batches(batch_size).map(order, predict, "teacher forcing", show_progress):
         for i, p in batch:
             predictions[i] = p
     return predictions

@@ -1,6 +1,6 @@
 ABLATION_CODE = [
     "ablation/engine.py", "ablation/examples.py", "ablation/layout.py", "ablation/summary.py",
-    "models/loader.py", "tables.py",
+    "batching.py", "models/loader.py", "tables.py",
 ]
 # Each stage gets only the ablation keys it reads: a new useful_threshold reruns no positions.
 
@@ -89,10 +89,27 @@ rule ablation_plots:
         useful=rules.useful_nodes.output[0],
         code=sources("ablation/plots.py", "tables.py", "outputs.py"),
     output:
-        heatmaps="results/{model}/{command_set}/ablation_heatmaps.png",
-        heatmaps_page="results/{model}/{command_set}/ablation_heatmaps.html",
-        position_chart="results/{model}/{command_set}/position_fail_rate.png",
-        quanta_map="results/{model}/{command_set}/quanta_map.png",
+        heatmaps=report(
+            "results/{model}/{command_set}/ablation_heatmaps.png",
+            caption="../report/ablation_heatmaps.rst", category="Ablation",
+            subcategory="{model} {command_set}", labels={"figure": "Node fail % per layer"},
+        ),
+        heatmaps_page=report(
+            "results/{model}/{command_set}/ablation_heatmaps.html",
+            caption="../report/ablation_heatmaps.rst", category="Ablation",
+            subcategory="{model} {command_set}",
+            labels={"figure": "Node fail % per layer (interactive)"},
+        ),
+        position_chart=report(
+            "results/{model}/{command_set}/position_fail_rate.png",
+            caption="../report/position_fail_rate.rst", category="Ablation",
+            subcategory="{model} {command_set}", labels={"figure": "Position fail %"},
+        ),
+        quanta_map=report(
+            "results/{model}/{command_set}/quanta_map.png",
+            caption="../report/quanta_map.rst", category="Ablation",
+            subcategory="{model} {command_set}", labels={"figure": "Quanta map"},
+        ),
     params:
         # model_name only titles the plots; the model itself is not read.
         settings=lambda w: stage_params(

@@ -2,7 +2,9 @@ rule clean_accuracy:
     input:
         examples="results/data/{command_set}/examples.parquet",
         model=model_input,
-        code=sources("clean.py", "token_roles.py", "models/loader.py", "tables.py"),
+        code=sources(
+            "clean.py", "token_roles.py", "batching.py", "models/loader.py", "tables.py"
+        ),
     output:
         "results/{model}/{command_set}/clean.parquet",
     params:

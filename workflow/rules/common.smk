@@ -58,3 +58,9 @@ def model_input(wildcards):
     spec = model_spec(wildcards.model)
     return [] if spec["source"] == "hub" else [spec["path"]]
 
+
+def pair_settings():
+    """The eap keys that choose the corrupt pairs: method, ig_steps and top_n leave them alone."""
+    keys = ("seed", "batch_size", "n_batches", "num_fields", "use_novel_names",
+            "use_synonyms_table", "use_synonyms_field")
+    return {k: config["eap"][k] for k in keys}

@@ -15,7 +15,7 @@ rule corrupt_pairs:
         "results/{model}/{command_set}/eap/{feature}/pairs.parquet",
     params:
         settings=lambda w: stage_params(
-            model=model_spec(w.model), eap=config["eap"], device=config["device"],
+            model=model_spec(w.model), eap=pair_settings(), device=config["device"],
             command_set=w.command_set, feature=w.feature,
         ),
     resources:

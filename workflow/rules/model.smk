@@ -2,7 +2,8 @@ rule train_model:
     input:
         code=sources(
             "models/training.py", "models/tokenizer.py", "data/examples.py",
-            "data/vocabulary.py", "data/phrasing.py", "outputs.py",
+            "data/vocabulary.py", "data/phrasing.py", "clean.py", "batching.py", "outputs.py",
+            "tables.py",
         ),
     output:
         model=directory("results/models/{builtin_model}"),

@@ -36,6 +36,7 @@ from transformers import DynamicCache
 
 from circuitflow.ablation.examples import AblationExamples, select_examples
 from circuitflow.ablation.layout import layout_of
+from circuitflow.batching import Batches
 from circuitflow.device import resolve_device
 from circuitflow.errors import ConfigError
 from circuitflow.models.loader import load_model
@@ -152,6 +153,7 @@ class AblationEngine:
                 "the clean_accuracy run); they are left out", bad, n,
             )
         log.info("batch size %d interventions", self.batch_size)
+        self.batches = Batches(self.batch_size)
 
     def _keep_block_outputs(self, kept: list[list]):
         """An edit that appends every block's output but the last's to ``kept[block]``."""
@@ -326,11 +328,14 @@ class AblationEngine:
         for p in np.unique(position[todo]):
             entries = np.flatnonzero(todo & (position == p))
             entries = entries[np.lexsort((node[entries], rank[example[entries]], layer[entries]))]
-            for start in range(0, len(entries), self.batch_size):
-                batch = entries[start : start + self.batch_size]
-                failed[batch], drop[batch] = self._intervene(
+
+            def intervene(batch):
+                return batch, self._intervene(
                     example[batch], node[batch], layer[batch], int(p), edit_for
                 )
+
+            for batch, (batch_failed, batch_drop) in self.batches.map(entries, intervene):
+                failed[batch], drop[batch] = batch_failed, batch_drop
                 bar.update(len(batch))
         bar.close()
         return AblationResult(example, node, position, failed, drop)
