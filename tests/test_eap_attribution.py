@@ -248,3 +248,16 @@ def test_run_stage_outputs(tiny_model_dir, tmp_path):
     assert params["corrupt_metric"] == pytest.approx(0.0)
     assert [e["from_edge"] for e in results["edges"]] == top["upstream"].tolist()
     assert {"from_edge", "to_edge", "score"} == set(results["edges"][0])
+
+
+def test_a_batch_split_for_memory_scores_as_the_whole(tiny_model_dir):
+    from circuitflow.batching import Batches
+    from circuitflow.eap.attribution import attribute_in_parts
+
+    model = edge_model(tiny_model_dir, "gpt2")
+    batch = random_batch(seed=3, lengths=(6, 4, 5, 6, 3))
+    whole, clean, corrupt = attribute(model, batch, ig_steps=2)
+    parts = Batches(2)  # as if the GPU held only two rows: slices of 2, 2 and 1
+    split, split_clean, split_corrupt = attribute_in_parts(model, batch, 2, parts)
+    assert torch.allclose(split, whole, atol=1e-10)
+    assert split_clean == pytest.approx(clean) and split_corrupt == pytest.approx(corrupt)

@@ -112,3 +112,32 @@ def test_patching_every_input_of_a_layer_gives_its_corrupt_outputs(tiny_model_di
             later = slice(g.mlp(layer) + 1, None)
             if layer < g.n_layers - 1:  # later layers still read the clean run's edges
                 assert not torch.allclose(current[later], corrupt[later])
+
+
+def test_faithfulness_is_the_same_when_batches_are_split_for_memory(tmp_path, tiny_model_dir, monkeypatch):
+    """Out of memory on a whole batch: the stage retries on halves and must report the same."""
+    directory = tiny_model_dir("gpt2")
+    pairs = str(write_pairs(tmp_path / "pairs.parquet", seed=6, rows=5))
+    edges = str(tmp_path / "edges.parquet")
+    attribution.run_stage(
+        eap_params(directory), pairs=pairs, edges=edges,
+        top_edges=str(tmp_path / "top.parquet"), results_json=str(tmp_path / "r.json"),
+    )
+    params = {"model": {"source": "local", "path": str(directory)}, "device": "cpu",
+              "faithfulness": {"circuit_sizes": [0, 3, 10000]}}
+    faithfulness.run_stage(params, pairs=pairs, edges=edges, out=tmp_path / "whole.parquet")
+
+    run = faithfulness.EdgeModel.run
+    rows_run = []
+
+    def small_gpu(self, tokens, *args, **kwargs):
+        rows_run.append(len(tokens))
+        if len(tokens) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return run(self, tokens, *args, **kwargs)
+
+    monkeypatch.setattr(faithfulness.EdgeModel, "run", small_gpu)
+    faithfulness.run_stage(params, pairs=pairs, edges=edges, out=tmp_path / "split.parquet")
+    assert max(rows_run) == 5 and set(rows_run[1:]) <= {1, 2}
+    whole, split = (read_table(tmp_path / f"{name}.parquet") for name in ("whole", "split"))
+    assert whole["faithfulness"].tolist() == pytest.approx(split["faithfulness"].tolist(), abs=1e-5)

@@ -36,7 +36,7 @@ rule eap:
         model=model_input,
         code=sources(
             "eap/attribution.py", "eap/batches.py", "eap/bridge.py", "eap/graph.py",
-            "models/loader.py", "tables.py", "outputs.py",
+            "batching.py", "models/loader.py", "tables.py", "outputs.py",
         ),
     output:
         edges="results/{model}/{command_set}/eap/{feature}/edges.parquet",
@@ -67,8 +67,8 @@ rule faithfulness:
         edges=rules.eap.output.edges,
         model=model_input,
         code=sources(
-            "eap/faithfulness.py", "eap/attribution.py", "eap/batches.py", "eap/bridge.py",
-            "eap/graph.py", "models/loader.py", "tables.py",
+            "eap/faithfulness.py", "eap/batches.py", "eap/bridge.py", "eap/graph.py",
+            "batching.py", "models/loader.py", "tables.py",
         ),
     output:
         "results/{model}/{command_set}/eap/{feature}/faithfulness.parquet",

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from circuitflow.batching import Batches
 from circuitflow.device import resolve_device
 from circuitflow.eap.batches import PAIR_COLUMNS, PairBatch, logit_diff, pair_batches
 from circuitflow.eap.bridge import EdgeModel
@@ -69,6 +70,20 @@ def attribute(model: EdgeModel, batch: PairBatch, ig_steps: int = 1):
     return scores / ig_steps, clean_diff, corrupt_diff
 
 
+def attribute_in_parts(model: EdgeModel, batch: PairBatch, ig_steps: int, parts: Batches):
+    """``attribute`` over slices of the batch's rows, as many as the GPU needs (``parts`` halves
+    on out-of-memory). The metric is a mean over rows, so the batch's scores and logit
+    differences are the row-weighted means of its slices'."""
+    results = parts.map(range(len(batch)), lambda rows: (
+        len(rows), attribute(model, batch.rows(slice(rows.start, rows.stop)), ig_steps)
+    ))
+    share = [n / len(batch) for n, _ in results]
+    scores = sum(w * scores for w, (_, (scores, _, _)) in zip(share, results))
+    clean = sum(w * clean for w, (_, (_, clean, _)) in zip(share, results))
+    corrupt = sum(w * corrupt for w, (_, (_, _, corrupt)) in zip(share, results))
+    return scores, clean, corrupt
+
+
 def top_edge_table(upstream: list[str], downstream: list[str], scores: np.ndarray, top_n: int):
     """The ``top_n`` edges by |mean score over batches|, plus the edges in the top ``top_n`` of
     every batch; ``scores`` is [n_batches, n_edges]. Sorted by ``rank`` (1 = largest |mean|)."""
@@ -104,7 +119,11 @@ def run_stage(params: dict, pairs: str, edges: str, top_edges: str, results_json
     steps = settings["ig_steps"] if settings["method"] == "eap-ig" else 1
     log.info("%s on %d batches of %s", settings["method"], len(batches), loaded.name)
 
-    per_batch = [attribute(model, batch, steps) for batch in tqdm(batches, desc=settings["method"])]
+    parts = Batches(max(map(len, batches)))
+    per_batch = [
+        attribute_in_parts(model, batch, steps, parts)
+        for batch in tqdm(batches, desc=settings["method"])
+    ]
     clean_diff = float(np.mean([clean for _, clean, _ in per_batch]))
     corrupt_diff = float(np.mean([corrupt for _, _, corrupt in per_batch]))
     if clean_diff == corrupt_diff:

@@ -22,6 +22,13 @@ class PairBatch:
     clean_answer: torch.Tensor  # [batch] token ids
     corrupt_answer: torch.Tensor
 
+    def __len__(self) -> int:
+        return len(self.last)
+
+    def rows(self, index: slice) -> "PairBatch":
+        return PairBatch(self.clean[index], self.corrupt[index], self.last[index],
+                         self.clean_answer[index], self.corrupt_answer[index])
+
 
 def pair_batches(pairs: pd.DataFrame, pad_id: int, device: torch.device | str = "cpu"):
     """One PairBatch per value of ``batch``, in increasing order.

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from circuitflow.batching import Batches
 from circuitflow.device import resolve_device
 from circuitflow.eap.batches import PAIR_COLUMNS, PairBatch, logit_diff, pair_batches
 from circuitflow.eap.bridge import EdgeModel
@@ -74,16 +75,28 @@ def run_stage(params: dict, pairs: str, edges: str, out: str) -> None:
     ranked = rank_edges(model, read_table(edges, ["batch", "upstream", "downstream", "score"]))
     n_edges = len(ranked[0])
 
-    full, corrupted, circuit = [], [], {k: [] for k in sizes}
-    for batch in tqdm(batches, desc="faithfulness"):
+    circuits = [patch_weights(model, (ranked[0][:k], ranked[1][:k])) for k in sizes]
+
+    def row_diffs(batch: PairBatch) -> torch.Tensor:
+        """[2 + circuits, rows]: each row's logit difference on the full model, the corrupt input
+        and every circuit."""
         corrupt = model.upstream_buffer(batch.corrupt)
         with torch.no_grad():
-            corrupt_logits = model.run(batch.corrupt, record=corrupt)
-            corrupted.append(logit_diff(corrupt_logits, batch).mean().item())
-            full.append(logit_diff(model.run(batch.clean), batch).mean().item())
-        for k in sizes:
-            weights = patch_weights(model, (ranked[0][:k], ranked[1][:k]))
-            circuit[k].append(patched_logit_diff(model, batch, corrupt, weights).mean().item())
+            corrupted = logit_diff(model.run(batch.corrupt, record=corrupt), batch)
+            full = logit_diff(model.run(batch.clean), batch)
+        patched = [patched_logit_diff(model, batch, corrupt, w) for w in circuits]
+        return torch.stack([full, corrupted, *patched]).cpu()
+
+    # Slices of a batch's rows, as many as the GPU needs (halved on out-of-memory).
+    parts = Batches(max(map(len, batches)))
+    full, corrupted, circuit = [], [], {k: [] for k in sizes}
+    for batch in tqdm(batches, desc="faithfulness"):
+        diffs = parts.map(range(len(batch)), lambda r: row_diffs(batch.rows(slice(r.start, r.stop))))
+        means = torch.cat(diffs, dim=1).mean(dim=1).tolist()
+        full.append(means[0])
+        corrupted.append(means[1])
+        for k, mean in zip(sizes, means[2:]):
+            circuit[k].append(mean)
     full_diff, corrupt_diff = float(np.mean(full)), float(np.mean(corrupted))
     if full_diff == corrupt_diff:
         raise CircuitflowError(
