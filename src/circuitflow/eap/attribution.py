@@ -27,12 +27,12 @@ from tqdm import tqdm
 
 from circuitflow.batching import Batches
 from circuitflow.device import resolve_device
-from circuitflow.eap.batches import PAIR_COLUMNS, PairBatch, logit_diff, pair_batches
+from circuitflow.eap.batches import PairBatch, logit_diff, pair_batches, read_pairs
 from circuitflow.eap.bridge import EdgeModel
-from circuitflow.errors import CircuitflowError, TableError
+from circuitflow.errors import CircuitflowError
 from circuitflow.models.loader import load_model
 from circuitflow.outputs import write_text
-from circuitflow.tables import read_table, write_table
+from circuitflow.tables import write_table
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +112,7 @@ def run_stage(params: dict, pairs: str, edges: str, top_edges: str, results_json
     device = resolve_device(params.get("device", "auto"))
     loaded = load_model(params["model"], device)
     model = EdgeModel(loaded.model, loaded.tokenizer)
-    table = read_table(pairs, PAIR_COLUMNS)
-    if table.empty:
-        raise TableError(f"{pairs}: no pairs to attribute")
+    table = read_pairs(pairs)
     batches = pair_batches(table, loaded.tokenizer.pad_token_id, device)
     steps = settings["ig_steps"] if settings["method"] == "eap-ig" else 1
     log.info("%s on %d batches of %s", settings["method"], len(batches), loaded.name)

@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from circuitflow.errors import TableError
+from circuitflow.tables import read_table
 
 PAIR_COLUMNS = [
     "pair_id", "clean_token_ids", "corrupt_token_ids", "clean_answer_id", "corrupt_answer_id", "batch"
@@ -28,6 +29,14 @@ class PairBatch:
     def rows(self, index: slice) -> "PairBatch":
         return PairBatch(self.clean[index], self.corrupt[index], self.last[index],
                          self.clean_answer[index], self.corrupt_answer[index])
+
+
+def read_pairs(path) -> pd.DataFrame:
+    """The pairs table a stage works on; an empty one is an error naming the file."""
+    table = read_table(path, PAIR_COLUMNS)
+    if table.empty:
+        raise TableError(f"{path}: no pairs (rule corrupt_pairs found none)")
+    return table
 
 
 def pair_batches(pairs: pd.DataFrame, pad_id: int, device: torch.device | str = "cpu"):

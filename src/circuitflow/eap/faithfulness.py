@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from circuitflow.batching import Batches
 from circuitflow.device import resolve_device
-from circuitflow.eap.batches import PAIR_COLUMNS, PairBatch, logit_diff, pair_batches
+from circuitflow.eap.batches import PairBatch, logit_diff, pair_batches, read_pairs
 from circuitflow.eap.bridge import EdgeModel
-from circuitflow.errors import CircuitflowError, TableError
+from circuitflow.errors import CircuitflowError
 from circuitflow.models.loader import load_model
 from circuitflow.tables import read_table, write_table
 
@@ -68,10 +68,7 @@ def run_stage(params: dict, pairs: str, edges: str, out: str) -> None:
     device = resolve_device(params.get("device", "auto"))
     loaded = load_model(params["model"], device)
     model = EdgeModel(loaded.model, loaded.tokenizer)
-    pair_table = read_table(pairs, PAIR_COLUMNS)
-    if pair_table.empty:
-        raise TableError(f"{pairs}: no pairs")
-    batches = pair_batches(pair_table, loaded.tokenizer.pad_token_id, device)
+    batches = pair_batches(read_pairs(pairs), loaded.tokenizer.pad_token_id, device)
     ranked = rank_edges(model, read_table(edges, ["batch", "upstream", "downstream", "score"]))
     n_edges = len(ranked[0])
 
