@@ -81,7 +81,8 @@ def test_failing_stage_leaves_no_partial_output(tmp_path):
 
 
 def test_lint_is_clean(tmp_path):
-    out = snakemake(make_workdir(tmp_path, TINY_CONFIG), "--lint").stdout
+    result = snakemake(make_workdir(tmp_path, TINY_CONFIG), "--lint")
+    out = result.stdout + result.stderr
     assert "Congratulations, your workflow is in a good condition!" in out
 
 
