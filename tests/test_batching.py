@@ -29,3 +29,11 @@ def test_single_item_that_does_not_fit_is_an_error():
 
     with pytest.raises(torch.cuda.OutOfMemoryError):
         Batches(2).map([1, 2], process)
+
+
+def test_right_padded_keeps_each_sequence_and_pads_after_it():
+    from circuitflow.batching import right_padded
+
+    out = right_padded([[5, 6, 7], [8], []], pad_value=-1)
+    assert out.dtype == torch.long
+    assert out.tolist() == [[5, 6, 7], [8, -1, -1], [-1, -1, -1]]

@@ -1,4 +1,5 @@
-"""Work in batches whose size halves, for good, when the GPU runs out of memory."""
+"""Batches: right-padded token tensors, and sizes that halve, for good, when the GPU runs out
+of memory."""
 
 from __future__ import annotations
 
@@ -12,6 +13,18 @@ log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+
+def right_padded(sequences: Sequence[Sequence[int]], pad_value: int) -> torch.Tensor:
+    """[len(sequences), longest] long tensor, each sequence followed by ``pad_value``.
+
+    Right padding needs no attention mask for a causal LM: real positions never see it.
+    """
+    width = max(map(len, sequences), default=0)
+    out = torch.full((len(sequences), width), pad_value, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        out[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+    return out
 
 
 class Batches:

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from circuitflow.batching import Batches
+from circuitflow.batching import Batches, right_padded
 from circuitflow.device import resolve_device
 from circuitflow.models.loader import load_model
 from circuitflow.tables import read_table, write_table
@@ -50,12 +50,8 @@ def greedy_answer_predictions(
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]) + len(answer_ids[i]))
 
     def predict(batch: list[int]) -> list[tuple[int, list[int]]]:
-        seqs = [prompt_ids[i] + answer_ids[i] for i in batch]
-        width = max(map(len, seqs))
-        # Right padding: a causal LM's logits at real positions never see the padding after them.
-        tokens = torch.full((len(seqs), width), eos_token_id, dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            tokens[row, : len(seq)] = torch.tensor(seq)
+        tokens = right_padded([prompt_ids[i] + answer_ids[i] for i in batch], eos_token_id)
+        width = tokens.shape[1]
         first_checked = min(len(prompt_ids[i]) for i in batch) - 1
         logits = model(tokens.to(device), logits_to_keep=width - first_checked).logits
         argmax = logits.argmax(-1).cpu()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from circuitflow.batching import right_padded
 from circuitflow.tables import read_table
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,9 @@ def make_examples(
     pad_id: int,
 ) -> AblationExamples:
     seqs = [list(p) + list(a) for p, a in zip(prompts, answers)]
-    width = max(map(len, seqs), default=0)
-    tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        tokens[row, : len(seq)] = torch.tensor(seq)
     return AblationExamples(
         example_ids=np.asarray(example_ids, dtype=np.int64),
-        tokens=tokens,
+        tokens=right_padded(seqs, pad_id),
         lengths=torch.tensor([len(s) for s in seqs], dtype=torch.long),
         n_prompt=torch.tensor([len(p) for p in prompts], dtype=torch.long),
         roles=[list(r) for r in roles],

@@ -15,7 +15,9 @@ import pandas as pd
 import pyarrow as pa
 
 from circuitflow.data import phrasing
-from circuitflow.data.vocabulary import FIELDS, TABLES, Field, allowed_aggregates
+from circuitflow.data.vocabulary import (
+    FIELDS, TABLE_NAMES, TABLES, Field, allowed_aggregates,
+)
 from circuitflow.errors import ConfigError
 from circuitflow.tables import write_table
 
@@ -52,7 +54,6 @@ SCHEMA = pa.schema(
     ]
 )
 
-_TABLE_NAMES = tuple(TABLES)
 
 
 class _Text:
@@ -187,7 +188,7 @@ def _example(
     table_synonym_p: float,
     field_synonym_p: float,
 ) -> dict:
-    table = rng.choice(_TABLE_NAMES)
+    table = rng.choice(TABLE_NAMES)
     columns = rng.sample(FIELDS, rng.randint(min_cols, max_cols))
     selected = rng.sample(columns, rng.randint(1, len(columns)))
 

@@ -535,3 +535,6 @@ FIELDS: tuple[Field, ...] = tuple(
         ("homework", "TEXT", "home assignment", "take home work"),
     )
 )
+
+TABLE_NAMES = tuple(TABLES)
+FIELDS_BY_NAME = {f.name: f for f in FIELDS}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from circuitflow.batching import right_padded
 from circuitflow.errors import TableError
 from circuitflow.tables import read_table
 
@@ -52,11 +53,9 @@ def pair_batches(pairs: pd.DataFrame, pad_id: int, device: torch.device | str = 
         bad = [pid for pid, n, m in zip(rows["pair_id"], lengths, corrupt_lengths) if n != m]
         if bad:
             raise TableError(f"pairs {bad[:5]}: clean and corrupt prompts differ in token length")
-        width = max(lengths)
 
         def padded(column: str) -> torch.Tensor:
-            ids = [list(row) + [pad_id] * (width - len(row)) for row in rows[column]]
-            return torch.tensor(ids, dtype=torch.long, device=device)
+            return right_padded(list(rows[column]), pad_id).to(device)
 
         batches.append(PairBatch(
             clean=padded("clean_token_ids"),

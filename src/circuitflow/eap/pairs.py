@@ -29,7 +29,7 @@ from circuitflow.data.examples import (
     FIELD_SYNONYM_P, TABLE_SYNONYM_P,
     create_table_text, english_word, format_prompt, sql_text,
 )
-from circuitflow.data.vocabulary import FIELDS, TABLES, Field
+from circuitflow.data.vocabulary import FIELDS, FIELDS_BY_NAME, TABLE_NAMES, TABLES, Field
 from circuitflow.device import resolve_device
 from circuitflow.errors import CircuitflowError
 from circuitflow.models.loader import load_model
@@ -50,8 +50,6 @@ NOVEL_WORDS = (
 # the model getting the clean prompt wrong.
 MAX_DRAWS_PER_PAIR = 50
 
-_TABLE_NAMES = tuple(TABLES)
-_FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 
 PAIRS_SCHEMA = pa.schema([
     ("pair_id", pa.int64()),
@@ -93,7 +91,7 @@ def draw_versions(rng: random.Random, feature: str, num_fields: int, use_novel_n
                   table_synonym_p: float, field_synonym_p: float):
     """One random clean version and its corrupt version of ``feature``, as (prompt, sql) each;
     (clean word, corrupt word) as the prompts have them; (clean, corrupt) word of the SQL."""
-    table = rng.choice(_TABLE_NAMES)
+    table = rng.choice(TABLE_NAMES)
     fields = rng.sample(FIELDS, num_fields)
     table_word = english_word(rng, table, TABLES[table], table_synonym_p)
     field_words = [english_word(rng, f.name, f.synonyms, field_synonym_p) for f in fields]
@@ -105,14 +103,14 @@ def draw_versions(rng: random.Random, feature: str, num_fields: int, use_novel_n
     if use_novel_names:
         corrupt_name = rng.choice([w for w in NOVEL_WORDS if w not in used])
     else:
-        pool = _TABLE_NAMES if on_table else tuple(_FIELDS_BY_NAME)
+        pool = TABLE_NAMES if on_table else tuple(FIELDS_BY_NAME)
         corrupt_name = rng.choice([n for n in pool if n not in used])
     clean_name = table if on_table else fields[0].name
     clean_word = (table_word if on_table else field_words[0]) if in_english else clean_name
     corrupt_word = corrupt_name
     if in_english and clean_word != clean_name and not use_novel_names:
         # The instruction named the clean table or field by a synonym: name the corrupt one so too.
-        synonyms = TABLES[corrupt_name] if on_table else _FIELDS_BY_NAME[corrupt_name].synonyms
+        synonyms = TABLES[corrupt_name] if on_table else FIELDS_BY_NAME[corrupt_name].synonyms
         corrupt_word = rng.choice(synonyms)
 
     # The corrupt SQL is what the corrupt prompt asks for: it names the corrupt table or field.

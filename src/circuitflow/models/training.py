@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, get_cosine_schedule_with_warmup
 
+from circuitflow.batching import right_padded
 from circuitflow.clean import first_wrong_positions
 from circuitflow.data.examples import COMMAND_SETS, generate_examples
 from circuitflow.device import resolve_device
@@ -64,14 +65,11 @@ def _tokenize(tokenizer, texts) -> list[list[int]]:
 def _pad_batch(
     examples: list[tuple[list[int], list[int]]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest example; causal attention never lets real tokens see the padding."""
-    length = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), length), IGNORE, dtype=torch.long)
-    for row, (ids, lab) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(lab)] = torch.tensor(lab)
-    return input_ids, labels
+    """Right-padded input ids and labels (padding ignored by the loss)."""
+    return (
+        right_padded([ids for ids, _ in examples], pad_id),
+        right_padded([labels for _, labels in examples], IGNORE),
+    )
 
 
 def answer_loss(
