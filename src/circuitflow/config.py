@@ -35,11 +35,12 @@ def _validator_filling_defaults(schema: dict):
 
 def _describe(error: jsonschema.ValidationError) -> str:
     key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-    if error.validator == "additionalProperties" and error.absolute_path is not None:
-        return f"config key '{key}': {error.message} (see workflow/schemas/config.schema.yaml)"
+    # The failing schema's description says what the key is for; an unknown or missing key's
+    # schema is its parent's, whose description would mislead.
     expected = error.schema.get("description")
-    hint = f" [{expected}]" if expected and error.validator not in ("required",) else ""
-    return f"config key '{key}': {error.message}{hint}"
+    if expected and error.validator not in ("additionalProperties", "required"):
+        return f"config key '{key}': {error.message} [{expected}]"
+    return f"config key '{key}': {error.message} (see workflow/schemas/config.schema.yaml)"
 
 
 def validate_config(config: dict, schema: dict | None = None) -> dict:
