@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from circuitflow.outputs import save_figure  # noqa: E402
-from circuitflow.tables import read_table, write_table  # noqa: E402
+from circuitflow.outputs import save_figure
+from circuitflow.tables import read_table, write_table
 
 TOP_EDGES_SHOWN = 5
 
