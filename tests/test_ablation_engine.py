@@ -2,11 +2,13 @@
 
 The reference below shares no code with the engine: plain torch hooks on the Hugging Face
 modules, one unpadded example at a time, replacement values computed from separate runs, and
-greedy ``generate`` from the prompt extended to cover the ablated position.
+greedy ``generate`` from the prompt extended to cover the ablated position. Nodes are numbered
+as the engine documents (per layer its heads, then its MLP), decoded here on their own.
 """
 
 import contextlib
 import random
+from functools import cache
 
 import numpy as np
 import pytest
@@ -14,8 +16,9 @@ import torch
 from tiny_models import tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from circuitflow.ablation.engine import AblationEngine, resample_donors
+from circuitflow.ablation.engine import AblationEngine
 from circuitflow.ablation.examples import make_examples
+from circuitflow.ablation.replacement import by_method, resample_donors
 
 # (blocks, attention output projection, MLP), written out here independently of layout.py.
 PATHS = {
@@ -82,6 +85,14 @@ def d_head(model):
     return model.config.hidden_size // model.config.num_attention_heads
 
 
+def node_of(model, index):
+    """(kind, layer, head) of node ``index``: per layer the heads, then the MLP."""
+    layer, head = divmod(int(index), model.config.num_attention_heads + 1)
+    if head == model.config.num_attention_heads:
+        return "mlp", layer, None
+    return "head", layer, head
+
+
 @contextlib.contextmanager
 def hooked(model, arch, kind, layer, head, p, value, prefill):
     """Replace one node's output at position p during the forward over all ``prefill`` tokens
@@ -118,8 +129,22 @@ def hooked(model, arch, kind, layer, head, p, value, prefill):
             handle.remove()
 
 
+@contextlib.contextmanager
+def hooked_all(model, arch, ablated, p, prefill):
+    """Several nodes replaced at once: ``ablated`` lists (kind, layer, head, value)."""
+    with contextlib.ExitStack() as stack:
+        for kind, layer, head, value in ablated:
+            stack.enter_context(hooked(model, arch, kind, layer, head, p, value, prefill))
+        yield
+
+
 def node_outputs(model, arch, seq):
     """Per layer: the heads' outputs [T, H*d_head] and the MLP output [T, d] of one example."""
+    return _node_outputs(model, arch, tuple(seq))
+
+
+@cache
+def _node_outputs(model, arch, seq):
     saved = {}
     handles = []
     for l in range(model.config.num_hidden_layers):
@@ -146,16 +171,17 @@ def replacement(model, arch, seqs, method, kind, layer, head, example, p, donors
     return value[head * dh:(head + 1) * dh] if kind == "head" else value
 
 
-def reference(model, arch, seq, n_prompt, kind, layer, head, p, value):
-    """(failed, logprob_drop) the slow way: greedy generate, and a full forward for log-probs."""
+def reference(model, arch, seq, n_prompt, p, ablated):
+    """(failed, logprob_drop) the slow way: greedy generate, and a full forward for log-probs,
+    with ``ablated`` ((kind, layer, head, value) each) replaced at position p."""
     start = max(n_prompt, p + 1)
-    with hooked(model, arch, kind, layer, head, p, value, prefill=start):
+    with hooked_all(model, arch, ablated, p, prefill=start):
         failed = greedy(model, seq[:start], len(seq) - start) != seq[start:]
     ids = torch.tensor([seq])
     checked = torch.arange(max(n_prompt - 1, p), len(seq) - 1)
     with torch.no_grad():
         clean = model(ids).logits[0].log_softmax(-1)
-        with hooked(model, arch, kind, layer, head, p, value, prefill=len(seq)):
+        with hooked_all(model, arch, ablated, p, prefill=len(seq)):
             ablated = model(ids).logits[0].log_softmax(-1)
     targets = ids[0, checked + 1]
     drop = (clean[checked, targets] - ablated[checked, targets]).mean().item()
@@ -174,20 +200,25 @@ def sample(result, n, seed, extra=None):
     return np.unique(np.concatenate(picks))
 
 
-def check_against_reference(setup, result, method, picks):
+def check_against_reference(setup, result, method, picks, sets=None):
+    """Entries ``picks`` of ``result`` against the reference; ``sets`` [S, n_nodes] are the
+    node sets ``result.node_set`` indexes (by default one node each)."""
     arch, model, engine, seqs, prompts = setup
-    layers, heads = engine.nodes()
     donors = resample_donors(engine.examples.lengths.numpy(), seed=3)
     for i in picks:
-        e, p = result.example[i], result.position[i]
-        if result.node[i] < 0:
-            kind, layer, head = "position", None, None
+        e, p, k = result.example[i], result.position[i], result.node_set[i]
+        if k < 0:
+            kinds = [("position", None, None)]
         else:
-            layer, head = layers[result.node[i]], heads[result.node[i]]
-            kind = "head" if head >= 0 else "mlp"
-        value = replacement(model, arch, seqs, method, kind, layer, head, e, p, donors)
-        failed, drop = reference(model, arch, seqs[e], len(prompts[e]), kind, layer, head, p, value)
-        where = f"{kind} layer={layer} head={head} example={e} position={p}"
+            members = np.flatnonzero(sets[k]) if sets is not None else [k]
+            kinds = [node_of(model, j) for j in members]
+        ablated = [
+            (kind, layer, head,
+             replacement(model, arch, seqs, method, kind, layer, head, e, p, donors))
+            for kind, layer, head in kinds
+        ]
+        failed, drop = reference(model, arch, seqs[e], len(prompts[e]), p, ablated)
+        where = f"{kinds} example={e} position={p}"
         assert result.failed[i] == failed, where
         assert result.logprob_drop[i] == pytest.approx(drop, abs=2e-4), where
 
@@ -195,25 +226,78 @@ def check_against_reference(setup, result, method, picks):
 # -- tests -----------------------------------------------------------------------------------
 
 
+def test_node_names_are_the_vocabulary_in_engine_order(setup):
+    arch, model, engine, _, _ = setup
+    n_heads = model.config.num_attention_heads
+    expected = []
+    for l in range(model.config.num_hidden_layers):
+        expected += [f"l{l}.h{h}" for h in range(n_heads)] + [f"l{l}.mlp"]
+    assert engine.node_names == expected
+
+
 @pytest.mark.parametrize("method", ["mean", "zero", "resample"])
 def test_node_ablation_equals_greedy_generate(setup, method):
     arch, model, engine, seqs, prompts = setup
     if arch == "gpt_neo" and method != "mean":
         pytest.skip("two architectures cover every method; GPT-Neo checks the mean")
-    result = engine.ablate_nodes(method, seed=3)
+    result = engine.ablate_each_node(by_method(method, engine, seed=3))
     assert result.failed.any() and not result.failed.all()
     # Every node, every example, every position up to T-2 (less resample's donorless ones).
-    layers, _ = engine.nodes()
-    expected = sum(len(s) - 1 for s in seqs) * len(layers)
+    n_nodes = len(engine.node_names)
+    expected = sum(len(s) - 1 for s in seqs) * n_nodes
     assert len(result.failed) == expected or (
         method == "resample" and len(result.failed) < expected
     )
     # Last-layer nodes before the answer are decided without a forward pass: check some too.
+    layer = [node_of(model, k)[1] for k in result.node_set]
     shortcut = np.flatnonzero(
-        (layers[result.node] == layers.max())
+        (np.array(layer) == model.config.num_hidden_layers - 1)
         & (result.position < np.array([len(p) for p in prompts])[result.example] - 1)
     )
     check_against_reference(setup, result, method, sample(result, 16, seed=1, extra=shortcut))
+
+
+@pytest.mark.parametrize("method", ["mean", "resample"])
+def test_node_set_ablation_equals_greedy_generate(setup, method):
+    """Several heads and MLPs ablated together in one intervention, lowest in each layer."""
+    arch, model, engine, seqs, prompts = setup
+    if arch == "gpt_neo" and method != "mean":
+        pytest.skip("two architectures cover every method; GPT-Neo checks the mean")
+    n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    last = n_layers - 1
+
+    def index(layer, head=None):
+        return layer * (n_heads + 1) + (n_heads if head is None else head)
+
+    members = [
+        [index(last, 0), index(last)],  # the last layer only
+        [index(last - 1, 1), index(last - 1, 2), index(last, 3)],
+        [index(0, 0), index(0), index(last, 1)],
+        [index(0, 1), index(0, 2), index(0, 3), index(last - 1)],
+        [index(l, h) for l in range(n_layers) for h in range(n_heads)],  # every head
+    ]
+    sets = np.zeros((len(members), len(engine.node_names)), dtype=bool)
+    for k, nodes in enumerate(members):
+        sets[k, nodes] = True
+    rng = np.random.default_rng(4)
+    lengths = np.array([len(s) for s in seqs])
+    example = rng.integers(0, len(seqs), 30)
+    position = rng.integers(0, lengths[example] - 1)
+    node_set = np.arange(30) % len(members)
+    # Resample has no donor where no other example is as long.
+    donors = resample_donors(lengths, seed=3)
+    keep = (donors[example, position] >= 0) | (method != "resample")
+    example, position, node_set = example[keep], position[keep], node_set[keep]
+    values = by_method(method, engine, seed=3)
+    result = engine.ablate(example, node_set, position, sets, values)
+    assert (result.example == example).all() and (result.node_set == node_set).all()
+    if method == "resample":  # asking for a position without a donor is refused
+        tried = np.arange(donors.shape[1]) < lengths[:, None] - 1
+        (e, p), *_ = np.argwhere((donors < 0) & tried)
+        with pytest.raises(ValueError, match="no value"):
+            engine.ablate([e], [0], [p], sets, values)
+    assert result.failed.any() and not result.failed.all()
+    check_against_reference(setup, result, method, range(len(example)), sets)
 
 
 def test_position_ablation_equals_greedy_generate(setup):
@@ -235,10 +319,9 @@ def test_head_with_zero_output_weights_never_fails(tiny_model_dir):
     engine = AblationEngine(
         model, tokenizer, make_examples(range(6), prompts, answers, roles, 0), show_progress=False
     )
-    layers, heads = engine.nodes()
     for method in ("zero", "resample"):
-        result = engine.ablate_nodes(method, seed=0)
-        mine = (layers[result.node] == layer) & (heads[result.node] == head)
+        result = engine.ablate_each_node(by_method(method, engine, seed=0))
+        mine = np.array([node_of(model, k) == ("head", layer, head) for k in result.node_set])
         assert mine.sum() > 0 and result.failed[~mine].any()
         assert not result.failed[mine].any()
         assert np.abs(result.logprob_drop[mine]).max() < 1e-5

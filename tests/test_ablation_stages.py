@@ -12,9 +12,21 @@ from transformers import AutoTokenizer
 
 from circuitflow.ablation import nodes, plots, positions, useful
 from circuitflow.clean import CLEAN_SCHEMA
+from circuitflow.errors import ConfigError
+from circuitflow.stage import Params
 from circuitflow.tables import write_table
 
 N_LAYERS, N_HEADS = 2, 4  # tiny_config's
+
+
+def name_of(layer, head):
+    """A node's name from its table columns (head null for the MLP), written out here."""
+    return f"l{layer}.mlp" if pd.isna(head) else f"l{layer}.h{head}"
+
+
+def run(stage, params, **paths):
+    """Runs a stage module as the command line does: its params refuse undeclared keys."""
+    stage.STAGE.run(Params(stage.STAGE.name, params), **paths)
 
 
 def roles_for(prompt, answer):
@@ -53,16 +65,15 @@ def stage_outputs(tiny_model_dir, tmp_path_factory):
         "node_ablation.parquet", "node_ablation_by_role.parquet", "useful_nodes.json",
         "heatmaps.png", "heatmaps.html", "positions.png", "quanta.png",
     )}
-    positions.run_stage(params, clean=str(tmp / "clean.parquet"),
-                        detail=out["position_ablation.parquet"],
-                        summary=out["position_summary.parquet"])
-    nodes.run_stage(params, clean=str(tmp / "clean.parquet"),
-                    detail=out["node_ablation_detail.parquet"],
-                    summary=out["node_ablation.parquet"],
-                    by_role=out["node_ablation_by_role.parquet"])
-    useful.run_stage(params, summary=out["node_ablation.parquet"], out=out["useful_nodes.json"])
-    plots.run_stage(
-        {"plots": {"dpi": 60}, "model_name": "tiny", "command_set": "cs1"},
+    run(positions, params, clean=str(tmp / "clean.parquet"),
+        detail=out["position_ablation.parquet"], summary=out["position_summary.parquet"])
+    run(nodes, params, clean=str(tmp / "clean.parquet"),
+        detail=out["node_ablation_detail.parquet"], summary=out["node_ablation.parquet"],
+        by_role=out["node_ablation_by_role.parquet"])
+    run(useful, params, summary=out["node_ablation.parquet"], out=out["useful_nodes.json"])
+    run(
+        plots,
+        {"plots": {"dpi": 60}, "model": "tiny", "dataset": "cs1"},
         nodes=out["node_ablation.parquet"], positions=out["position_summary.parquet"],
         useful=out["useful_nodes.json"], heatmaps=out["heatmaps.png"],
         heatmaps_page=out["heatmaps.html"], position_chart=out["positions.png"],
@@ -91,13 +102,14 @@ def test_summaries_count_the_detail_rows(stage_outputs):
     for detail_name, summary_name, keys in [
         ("position_ablation.parquet", "position_summary.parquet", ["position"]),
         ("node_ablation_detail.parquet", "node_ablation.parquet",
-         ["layer", "component", "head", "position"]),
+         ["layer", "head", "node", "position"]),
         ("node_ablation_detail.parquet", "node_ablation_by_role.parquet",
-         ["layer", "component", "head", "role"]),
+         ["layer", "head", "node", "role"]),
     ]:
         detail, summary = read(out, detail_name), read(out, summary_name)
         assert summary["n_tried"].sum() == len(detail)
-        expected = detail.groupby(keys)["failed"].agg(["size", "sum"]).reset_index()
+        expected = (detail.groupby(keys, dropna=False)["failed"].agg(["size", "sum"])
+                    .reset_index())
         merged = summary.merge(expected, on=keys, validate="one_to_one")
         assert len(merged) == len(summary) == len(expected)
         assert (merged["n_tried"] == merged["size"]).all()
@@ -110,13 +122,22 @@ def test_node_detail_covers_every_head_and_mlp(stage_outputs):
     clean, out = stage_outputs
     detail = read(out, "node_ablation_detail.parquet")
     assert list(detail.columns) == [
-        "example_id", "layer", "component", "head", "position", "role", "failed", "logprob_drop"
+        "example_id", "layer", "head", "node", "position", "role", "failed", "logprob_drop"
     ]
     n_positions = sum(clean["n_prompt_tokens"] + clean["n_answer_tokens"] - 1)
     assert len(detail) == n_positions * N_LAYERS * (N_HEADS + 1)
-    mlp = detail[detail["component"] == "mlp"]
-    assert (mlp["head"] == -1).all() and len(mlp) == n_positions * N_LAYERS
-    assert set(detail.loc[detail["component"] == "head", "head"]) == set(range(N_HEADS))
+    assert list(detail["node"]) == [name_of(l, h) for l, h in zip(detail["layer"], detail["head"])]
+    mlp = detail[detail["head"].isna()]
+    assert len(mlp) == n_positions * N_LAYERS and mlp["node"].str.endswith(".mlp").all()
+    assert set(detail["head"].dropna()) == set(range(N_HEADS))
+    # Model order within an example: layer, its heads, its MLP.
+    first = detail[detail["example_id"] == detail["example_id"].iloc[0]]
+    order = first.drop_duplicates("node")["node"].tolist()
+    assert order == [name_of(l, h) for l in range(N_LAYERS) for h in [*range(N_HEADS), None]]
+    for name in ("node_ablation.parquet", "node_ablation_by_role.parquet"):
+        table = read(out, name)
+        assert list(table.columns[:3]) == ["layer", "head", "node"]
+        assert list(table["node"]) == [name_of(l, h) for l, h in zip(table["layer"], table["head"])]
     assert detail["failed"].any()
     by_role = read(out, "node_ablation_by_role.parquet")
     assert {"eng_table", "sql_field_1", "response"} <= set(by_role["role"])
@@ -131,9 +152,8 @@ def test_useful_nodes_are_the_nodes_over_the_threshold(stage_outputs):
     for node in useful:
         assert set(node) == {"position", "layer", "is_head", "num", "tags"}
         assert isinstance(node["is_head"], bool) and re.fullmatch(r"Fail%:\d+", node["tags"][0])
-        row = over[(over["position"] == node["position"]) & (over["layer"] == node["layer"])
-                   & (over["component"] == ("head" if node["is_head"] else "mlp"))
-                   & (over["head"] == (node["num"] if node["is_head"] else -1))]
+        name = f"l{node['layer']}." + (f"h{node['num']}" if node["is_head"] else "mlp")
+        row = over[(over["position"] == node["position"]) & (over["node"] == name)]
         assert len(row) == 1 and int(node["tags"][0][6:]) == round(row["fail_rate"].iloc[0])
     keys = [(n["position"], n["layer"], not n["is_head"], n["num"]) for n in useful]
     assert keys == sorted(keys)
@@ -146,12 +166,14 @@ def test_heatmaps_have_a_labelled_panel_per_layer(stage_outputs):
     panels = [ax for ax in fig.axes if ax.get_ylabel() == "node"]
     assert len(panels) == N_LAYERS
     for layer, ax in enumerate(panels):
-        assert [t.get_text() for t in ax.get_yticklabels()] == ["H0", "H1", "H2", "H3", "MLP"]
+        assert [t.get_text() for t in ax.get_yticklabels()] == [
+            f"l{layer}.h0", f"l{layer}.h1", f"l{layer}.h2", f"l{layer}.h3", f"l{layer}.mlp"
+        ]
         labels = [t.get_text() for t in ax.get_xticklabels()]
         assert labels[0] == "0 instruction" and "2 eng_table" in labels
         assert f"layer {layer}" in ax.get_title()
         grid = ax.images[0].get_array()
-        expected = summary[(summary["layer"] == layer) & (summary["component"] == "mlp")]
+        expected = summary[summary["node"] == f"l{layer}.mlp"]
         assert np.allclose(grid[-1, : len(expected)], expected.sort_values("position")["fail_rate"])
 
 
@@ -167,7 +189,8 @@ def test_position_chart_and_quanta_map(stage_outputs):
     fig = plots.quanta_figure(useful, labels, "tiny cs1")
     ax = fig.axes[0]
     rows = [t.get_text() for t in ax.get_yticklabels()]
-    assert set(rows) == {plots.node_name(n) for n in useful}
+    order = sorted({(n["layer"], not n["is_head"], n["num"]) for n in useful})
+    assert rows == [f"l{l}.mlp" if mlp else f"l{l}.h{h}" for l, mlp, h in order]
     assert sorted(t.get_text() for t in ax.texts) == sorted(n["tags"][0][6:] for n in useful)
 
 
@@ -182,25 +205,47 @@ def test_plot_files_are_readable_images(stage_outputs):
 
 
 def test_no_correct_example_gives_empty_tables_and_plots(stage_outputs, tmp_path):
+    """Even under resample, which needs two examples: there is nothing to ablate."""
     _, out = stage_outputs
     clean = pd.read_parquet(out["position_ablation.parquet"].parent / "clean.parquet")
     clean["correct"] = False
     write_table(clean, tmp_path / "clean.parquet", schema=CLEAN_SCHEMA)
     params = {"model": {"source": "local", "path": str(out["heatmaps.png"].parent / "model")},
-              "device": "cpu", "ablation": {"n_examples": 5, "method": "zero", "seed": 0,
+              "device": "cpu", "ablation": {"n_examples": 5, "method": "resample", "seed": 0,
                                             "useful_threshold": 0, "batch_size": 0}}
     paths = {k: tmp_path / f"{k}.out" for k in ("detail", "summary", "by_role", "useful")}
-    nodes.run_stage(params, clean=str(tmp_path / "clean.parquet"),
-                    **{k: v for k, v in paths.items() if k != "useful"})
+    run(nodes, params, clean=str(tmp_path / "clean.parquet"),
+        **{k: v for k, v in paths.items() if k != "useful"})
     assert len(pd.read_parquet(paths["summary"])) == 0
-    useful.run_stage(params, summary=paths["summary"], out=paths["useful"])
+    run(useful, params, summary=paths["summary"], out=paths["useful"])
     assert json.loads(paths["useful"].read_text()) == []
-    positions.run_stage(params, clean=str(tmp_path / "clean.parquet"),
-                        detail=tmp_path / "p.parquet", summary=tmp_path / "ps.parquet")
-    plots.run_stage(
-        {"plots": {"dpi": 50}, "model_name": "tiny", "command_set": "cs1"},
+    run(positions, params, clean=str(tmp_path / "clean.parquet"),
+        detail=tmp_path / "p.parquet", summary=tmp_path / "ps.parquet")
+    run(
+        plots,
+        {"plots": {"dpi": 50}, "model": "tiny", "dataset": "cs1"},
         nodes=paths["summary"], positions=tmp_path / "ps.parquet", useful=paths["useful"],
         heatmaps=tmp_path / "h.png", heatmaps_page=tmp_path / "h.html",
         position_chart=tmp_path / "p.png", quanta_map=tmp_path / "q.png",
     )
     assert matplotlib.image.imread(tmp_path / "h.png").shape[0] > 50
+
+
+@pytest.mark.parametrize("n_examples, n_correct", [(1, 6), (5, 1)])
+def test_resample_with_one_example_is_a_config_error(stage_outputs, tmp_path, n_examples,
+                                                     n_correct):
+    _, out = stage_outputs
+    clean = pd.read_parquet(out["position_ablation.parquet"].parent / "clean.parquet")
+    clean["correct"] = clean.index < n_correct
+    write_table(clean, tmp_path / "clean.parquet", schema=CLEAN_SCHEMA)
+    params = {"model": {"source": "local", "path": str(out["heatmaps.png"].parent / "model")},
+              "device": "cpu", "ablation": {"n_examples": n_examples, "method": "resample",
+                                            "seed": 0, "batch_size": 0}}
+    paths = {k: tmp_path / f"{k}.parquet" for k in ("detail", "summary", "by_role")}
+    with pytest.raises(ConfigError) as error:
+        run(nodes, params, clean=str(tmp_path / "clean.parquet"), **paths)
+    message = str(error.value)
+    assert "\n" not in message and "ablation.method" in message
+    assert "ablation.n_examples" in message and "mean or zero" in message
+    assert ("is 1" if n_examples == 1 else "only one example") in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.parquet"]

@@ -74,3 +74,46 @@ def test_load_config_reports_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("models: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    "entry, unexpected, source",
+    [
+        ({"source": "builtin", "path": "models/mine"}, "'path' has no effect", "builtin"),
+        ({"source": "builtin", "id": "org/model"}, "'id' has no effect", "builtin"),
+        ({"source": "hub", "id": "org/model", "path": "models/m"}, "'path' has no effect", "hub"),
+        ({"source": "local", "path": "models/mine", "revision": "v1"}, "'revision' has no effect",
+         "local"),
+        ({"source": "local", "path": "models/mine", "id": "org/model"}, "'id' has no effect",
+         "local"),
+        ({"source": "local", "path": "m", "id": "o/m", "revision": "v1"},
+         "'id', 'revision' have no effect; remove them", "local"),
+    ],
+)
+def test_keys_without_effect_for_the_source(entry, unexpected, source):
+    with pytest.raises(ConfigError) as err:
+        validate_config(broken(models={"tiny": entry}))
+    errors = str(err.value).splitlines()[1:]
+    assert len(errors) == 1, errors  # one line per error, and this is the only one
+    assert errors[0].strip().startswith(f"config key 'models.tiny': {unexpected}")
+    assert "remove" in errors[0] and f"source {source} takes" in errors[0]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"source": "builtin"},
+        {"source": "local", "path": "models/mine"},
+        {"source": "hub", "id": "org/model"},
+        {"source": "hub", "id": "org/model", "revision": "v1"},
+    ],
+)
+def test_keys_each_source_reads_are_accepted(entry):
+    assert validate_config(broken(models={"tiny": entry}))["models"]["tiny"] == entry
+
+
+def test_model_entry_without_source_is_one_error():
+    with pytest.raises(ConfigError) as err:
+        validate_config(broken(models={"tiny": {"path": "models/mine"}}))
+    errors = str(err.value).splitlines()[1:]
+    assert len(errors) == 1 and "'source' is a required property" in errors[0]

@@ -7,6 +7,7 @@ import pytest
 from matplotlib.patches import PathPatch
 
 from circuitflow.eap import plots
+from circuitflow.stage import Params
 
 EDGES = pd.DataFrame({
     "upstream": ["input", "l0.h1", "l0.mlp", "l1.h3", "l0.h10", "input"],
@@ -29,14 +30,14 @@ def test_nodes_are_layered_from_input_to_logits():
     column = {name: col for name, (col, _, _) in positions.items()}
     assert column["input"] == 0 and column["logits"] == max(column.values())
     assert column["l0.h1"] == column["l0.h10"] < column["l0.mlp"] < column["l1.h3"] < column["l1.mlp"]
-    # A receiver sits in its head's column, after the head's output.
+    # A receiver sits in its head's column, after the head's output, in q, k, v order.
     assert column["l1.h3.q"] == column["l1.h3.k"] == column["l1.h3"]
-    assert positions["l1.h3"][1] < positions["l1.h3.k"][1] < positions["l1.h3.q"][1]
+    assert positions["l1.h3"][1] < positions["l1.h3.q"][1] < positions["l1.h3.k"][1]
     # Heads in numeric, not string, order.
     assert positions["l0.h1"][1] < positions["l0.h10"][1]
     # Grouped-query attention: shared key/value receivers follow the layer's heads.
     assert plots.node_position("l1.h7.q") < plots.node_position("l1.kv0.k") < plots.node_position("l1.mlp")
-    with pytest.raises(ValueError, match="unexpected EAP node name"):
+    with pytest.raises(ValueError, match="not a node name"):
         plots.node_position("blocks.0.attn")
 
 
@@ -92,8 +93,9 @@ def test_run_stage_writes_all_three_plots(tmp_path):
     CURVE.to_parquet(tmp_path / "faithfulness.parquet")
     names = ("sankey_html", "sankey_png", "faithfulness_png")
     out = {name: tmp_path / name.replace("_", ".", 1) for name in names}
-    plots.run_stage(
-        {"plots": {"dpi": 60}, "model_name": "tinysql", "command_set": "cs2", "feature": "ENGFIELDNAME"},
+    plots.STAGE.run(
+        Params(plots.STAGE.name, {"plots": {"dpi": 60}, "model": "tinysql", "dataset": "cs2",
+                                  "feature": "ENGFIELDNAME"}),
         top_edges=str(tmp_path / "top_edges.parquet"), faithfulness=str(tmp_path / "faithfulness.parquet"),
         **{k: str(v) for k, v in out.items()},
     )

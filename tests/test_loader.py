@@ -11,7 +11,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, models
 from transformers import AutoModelForCausalLM, ViTConfig
 
 from circuitflow.errors import ModelLoadError
@@ -188,3 +188,42 @@ def test_invalid_hub_id():
 def test_loads_onto_cuda(tiny_model_dir):
     loaded = load_model({"source": "local", "path": str(tiny_model_dir("gpt2"))}, device="cuda")
     assert next(loaded.model.parameters()).device.type == "cuda"
+
+
+def test_vocabulary_file_missing(tiny_model_dir, tmp_path):
+    """Without merges.txt the vocabulary alone would split every word into single bytes."""
+    directory = tmp_path / "no_merges"
+    shutil.copytree(tiny_model_dir("gpt2"), directory)
+    Tokenizer.from_file(str(directory / "tokenizer.json")).model.save(str(directory))
+    for name in ("tokenizer.json", "tokenizer_config.json", "merges.txt"):
+        (directory / name).unlink()
+    with pytest.raises(ModelLoadError) as caught:
+        load_model({"source": "hub", "id": str(directory)})
+    message = str(caught.value)
+    assert "tokenizer.json is missing and the other files build none" in message
+    assert "merges" in message and "\n" not in message
+    assert f"copy the tokenizer files saved with the model into {directory}" in message
+
+
+def test_tokenizer_without_a_vocabulary(tiny_model_dir, tmp_path):
+    """A tokenizer.json holding only the special token, beside a model with 400 rows."""
+    directory = tmp_path / "empty_vocabulary"
+    shutil.copytree(tiny_model_dir("gpt2"), directory)
+    empty = Tokenizer(models.BPE())
+    empty.add_special_tokens(["<|endoftext|>"])
+    empty.save(str(directory / "tokenizer.json"))
+    expected = "has only 1 tokens for the model's 400 embedding rows"
+    with pytest.raises(ModelLoadError, match=expected):
+        load_model({"source": "local", "path": str(directory)})
+
+
+def test_truncated_weights_are_named(tiny_model_dir, tmp_path):
+    directory = tmp_path / "truncated"
+    shutil.copytree(tiny_model_dir("llama"), directory)
+    weights = directory / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    with pytest.raises(ModelLoadError) as caught:
+        load_model({"source": "hub", "id": str(directory)})
+    message = str(caught.value)
+    assert f"weights file {weights} is truncated or corrupt" in message and "\n" not in message

@@ -13,20 +13,18 @@ import pytest
 import yaml
 
 import slurm_cluster
-from circuitflow.config import validate_config
 from workflow_run import REPO, TINY_CONFIG, dry_run_jobs, make_workdir, snakemake
 
 pytestmark = pytest.mark.slow
 
 PROFILE = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
 
-# The tiny config with its first EAP feature only: the other features are the same jobs again,
-# and the test node's 2 CPUs would run them two at a time, for minutes.
+# The tiny config's TinySQL model and dataset with its first EAP feature only: the other models
+# and features are the same kinds of jobs again, and the test node's 2 CPUs would run them two at
+# a time, for minutes.
 SLURM_CONFIG = copy.deepcopy(TINY_CONFIG)
-SLURM_CONFIG["eap"] = {
-    **TINY_CONFIG.get("eap", {}),
-    "features": validate_config(TINY_CONFIG)["eap"]["features"][:1],
-}
+SLURM_CONFIG["models"] = {"tiny": TINY_CONFIG["models"]["tiny"]}
+SLURM_CONFIG["datasets"] = {"cs1": {**TINY_CONFIG["datasets"]["cs1"], "features": ["ENGTABLENAME"]}}
 
 
 @pytest.fixture(scope="module")

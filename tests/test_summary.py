@@ -42,9 +42,11 @@ def test_summary_tables_restate_inputs(tmp_path):
     assert accuracy["n_correct"].tolist() == [3, 1]
     assert accuracy["clean_accuracy"].tolist() == [0.75, 0.5]
     useful = read_table(f"{out['useful']}.parquet")
-    assert useful.set_index(["model", "layer", "component"])["n_useful"].to_dict() == {
-        ("m1", 0, "head"): 2, ("m1", 1, "mlp"): 1,
-    }
+    assert list(useful.columns) == ["model", "command_set", "node", "layer", "head", "n_useful"]
+    assert useful[["model", "node", "n_useful"]].values.tolist() == [
+        ["m1", "l0.h1", 2], ["m1", "l1.mlp", 1],
+    ]
+    assert useful["layer"].tolist() == [0, 1] and useful["head"].isna().tolist() == [False, True]
     edges = read_table(f"{out['edges']}.parquet")
     assert len(edges) == 6 and set(edges["feature"]) == {"ENGTABLENAME"}
     assert edges[edges["model"] == "m2"]["score"].tolist() == [0.5, -0.25, 0.125]

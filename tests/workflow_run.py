@@ -15,21 +15,39 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY_CONFIG = {
     "device": "cpu",
-    "models": {"tiny": {"source": "builtin"}},
-    "command_sets": ["cs1"],
-    "data": {"n_examples": 24, "seed": 1, "min_cols": 2, "max_cols": 3},
-    # About a minute of training on two cores: most CS1 examples right, so that every later
-    # stage has correct examples to work on.
-    "training": {
-        "seed": 5, "command_sets": ["cs1"], "n_train_examples": 4000, "n_eval_examples": 100,
-        "min_cols": 2, "max_cols": 3, "vocab_size": 2048, "n_layers": 2, "n_heads": 4,
-        "d_model": 64, "batch_size": 32, "learning_rate": 0.003, "warmup_steps": 50,
-        "max_steps": 1400, "eval_every": 200, "early_stop_accuracy": 0.9,
+    "datasets": {
+        "cs1": {"task": "tinysql", "command_set": "cs1", "min_cols": 2, "max_cols": 3,
+                "features": ["ENGTABLENAME", "DEFFIELDNAME"]},
+        "sort": {"task": "sorting", "length": 5, "max_value": 9, "class_output": 3},
+        # Trained on uniform questions (carries everywhere), analysed on class-balanced ones.
+        "add_train": {"task": "arithmetic", "n_digits": 2, "operations": ["add"],
+                      "class_digit": 1, "balanced": False, "features": []},
+        "add": {"task": "arithmetic", "n_digits": 2, "operations": ["add"], "class_digit": 1,
+                "features": ["X_DIGIT"]},
     },
+    # About a minute of training each on two cores: most examples right, so that every later
+    # stage has correct examples to work on.
+    "models": {
+        "tiny": {"source": "builtin", "train_on": ["cs1"], "training": {
+            "n_train_examples": 4000, "n_eval_examples": 100, "n_layers": 2, "batch_size": 32,
+            "warmup_steps": 50, "max_steps": 1400, "eval_every": 200, "early_stop_accuracy": 0.9,
+        }},
+        "sorter": {"source": "builtin", "train_on": ["sort"], "training": {
+            "n_train_examples": 4000, "n_eval_examples": 100, "batch_size": 32,
+            "warmup_steps": 50, "max_steps": 1500, "eval_every": 250, "early_stop_accuracy": 0.9,
+        }},
+        "adder": {"source": "builtin", "train_on": ["add_train"], "analyse_on": ["add"],
+                  "training": {
+            "n_train_examples": 3000, "n_eval_examples": 100, "batch_size": 32, "n_layers": 2,
+            "d_model": 64, "warmup_steps": 50, "max_steps": 1500, "eval_every": 250,
+            "early_stop_accuracy": 0.9,
+        }},
+    },
+    "data": {"n_examples": 24, "seed": 1},
+    "training": {"seed": 5},
     "clean": {"batch_size": 8},
     "ablation": {"n_examples": 6},
-    "eap": {"features": ["ENGTABLENAME", "DEFFIELDNAME"], "batch_size": 4, "n_batches": 2,
-            "top_n": 5},
+    "eap": {"batch_size": 4, "n_batches": 2, "top_n": 5},
     "faithfulness": {"circuit_sizes": [0, 5, 20, 10000]},
 }
 

@@ -19,6 +19,7 @@ from circuitflow.device import resolve_device
 from circuitflow.models.loader import load_model
 from circuitflow.tables import read_table, write_table
 from circuitflow.token_roles import tokenize_example
+from circuitflow.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def first_wrong_positions(
 def clean_table(examples: pd.DataFrame, model, tokenizer, batch_size: int = 64) -> pd.DataFrame:
     prompts, answers, roles = [], [], []
     for ex in examples.itertuples():
-        p, a, r = tokenize_example(tokenizer, ex.prompt, ex.sql, ex.spans)
+        p, a, r = tokenize_example(tokenizer, ex.prompt, ex.answer, ex.spans)
         prompts.append(p)
         answers.append(a)
         roles.append(r)
@@ -115,8 +116,11 @@ def clean_table(examples: pd.DataFrame, model, tokenizer, batch_size: int = 64) 
 
 
 def run_stage(params: dict, examples: str, out: str) -> None:
-    table = read_table(examples, columns=["example_id", "prompt", "sql", "spans"])
+    table = read_table(examples, columns=["example_id", "prompt", "answer", "spans"])
     loaded = load_model(params["model"], resolve_device(params["device"]))
     result = clean_table(table, loaded.model, loaded.tokenizer, params["clean"]["batch_size"])
     log.info("%d of %d examples correct", int(result["correct"].sum()), len(result))
     write_table(result, out, schema=CLEAN_SCHEMA)
+
+
+STAGE = Stage("clean-accuracy", run_stage, ("examples",), ("out",), reads=("model", "device", "clean.batch_size"))

@@ -9,6 +9,7 @@ import jsonschema
 import yaml
 
 from circuitflow.errors import ConfigError
+from circuitflow.tasks import dataset_entry, task_module, task_of
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -35,10 +36,18 @@ def _validator_filling_defaults(schema: dict):
 
 def _describe(error: jsonschema.ValidationError) -> str:
     key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-    # The failing schema's description says what the key is for; an unknown or missing key's
-    # schema is its parent's, whose description would mislead.
+    # The failing schema's description says what the key is for. An unknown or missing key's
+    # schema is its parent's, whose description would mislead, unless that schema is the `then`
+    # of a condition (e.g. one model source): its description says which keys apply there.
     expected = error.schema.get("description")
-    if expected and error.validator not in ("additionalProperties", "required"):
+    conditional = len(error.schema_path) > 1 and error.schema_path[-2] == "then"
+    if expected and conditional and error.validator == "additionalProperties":
+        allowed = error.schema.get("properties", {})
+        unexpected = [repr(k) for k in error.instance if k not in allowed]
+        one = len(unexpected) == 1
+        effect = "has no effect; remove it" if one else "have no effect; remove them"
+        return f"config key '{key}': {', '.join(unexpected)} {effect} [{expected}]"
+    if expected and (conditional or error.validator not in ("additionalProperties", "required")):
         return f"config key '{key}': {error.message} [{expected}]"
     return f"config key '{key}': {error.message} (see workflow/schemas/config.schema.yaml)"
 
@@ -53,25 +62,70 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(_describe(e) for e in errors))
-    _check_consistency(config)
+    _resolve_datasets(config)
+    _resolve_models(config)
     return config
 
 
-def _check_consistency(config: dict) -> None:
-    for section in ("data", "training"):
-        part = config[section]
-        if part["min_cols"] > part["max_cols"]:
+def _resolve_datasets(config: dict) -> None:
+    """Fill each dataset's task options and its EAP features (default: all of its task's)."""
+    for name, entry in config["datasets"].items():
+        features = entry.get("features")
+        resolved = dataset_entry(name, {k: v for k, v in entry.items() if k != "features"})
+        known = task_of(resolved).FEATURES
+        if features is None:
+            features = list(known)
+        unknown = [f for f in features if f not in known] if isinstance(features, list) else [features]
+        if unknown:
             raise ConfigError(
-                f"config key '{section}.min_cols': {part['min_cols']} is larger than "
-                f"'{section}.max_cols' ({part['max_cols']})"
+                f"config key 'datasets.{name}.features': {', '.join(map(str, unknown))} not "
+                f"features of task {resolved['task']} ({', '.join(known) or 'none'})"
             )
-    if config["training"]["seed"] == config["data"]["seed"]:
+        config["datasets"][name] = {**resolved, "features": list(features)}
+
+
+def _check_datasets(key: str, names: list[str], config: dict) -> None:
+    unknown = [n for n in names if n not in config["datasets"]]
+    if unknown:
         raise ConfigError(
-            "config key 'training.seed': must differ from 'data.seed' so the built-in model "
-            "is never trained on the examples it is analysed on"
+            f"config key '{key}': no dataset {', '.join(unknown)} under 'datasets' "
+            f"(has {', '.join(config['datasets'])})"
         )
-    if config["training"]["d_model"] % config["training"]["n_heads"]:
-        raise ConfigError("config key 'training.d_model': must be a multiple of 'training.n_heads'")
+
+
+def _resolve_models(config: dict) -> None:
+    """A built-in model's training settings (the section, its task's defaults, its own) and the
+    datasets each model is analysed on."""
+    for name, entry in config["models"].items():
+        key = f"models.{name}"
+        if entry["source"] == "builtin":
+            _check_datasets(f"{key}.train_on", entry["train_on"], config)
+            tasks = {config["datasets"][d]["task"] for d in entry["train_on"]}
+            if len(tasks) > 1:
+                raise ConfigError(
+                    f"config key '{key}.train_on': datasets of one task only (one tokenizer), "
+                    f"got tasks {', '.join(sorted(tasks))}"
+                )
+            task = task_module(tasks.pop())
+            if task.MODEL is None:
+                raise ConfigError(
+                    f"config key '{key}.train_on': task {task.__name__.split('.')[-1]} has no "
+                    "built-in model; analyse it with a local or hub model"
+                )
+            training = {**config["training"], **task.MODEL, **entry.get("training", {})}
+            if training["d_model"] % training["n_heads"]:
+                raise ConfigError(
+                    f"config key '{key}.training.d_model': {training['d_model']} is not a "
+                    f"multiple of n_heads ({training['n_heads']})"
+                )
+            if training["seed"] == config["data"]["seed"]:
+                raise ConfigError(
+                    f"config key '{key}.training.seed': must differ from 'data.seed' so the "
+                    "built-in model is never trained on the examples it is analysed on"
+                )
+            entry["training"] = training
+            entry.setdefault("analyse_on", list(entry["train_on"]))
+        _check_datasets(f"{key}.analyse_on", entry["analyse_on"], config)
 
 
 def load_config(path: str | Path) -> dict:

@@ -15,3 +15,15 @@ class ModelLoadError(CircuitflowError):
 
 class TableError(CircuitflowError):
     """A Parquet input is missing, unreadable or lacks a column."""
+
+
+class JsonFileError(CircuitflowError):
+    """A JSON input is missing or not valid JSON."""
+
+
+class OutputError(CircuitflowError):
+    """An output could not be written (no space left, no permission)."""
+
+
+class UsageError(CircuitflowError):
+    """The command line names an unknown argument, lacks one, or has malformed --params."""

@@ -12,8 +12,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from circuitflow import nodes
 from circuitflow.outputs import save_figure
 from circuitflow.tables import read_table, write_table
+from circuitflow.stage import Stage
 
 TOP_EDGES_SHOWN = 5
 
@@ -32,20 +34,17 @@ def accuracy_table(runs: list[dict], clean_paths: list[str]) -> pd.DataFrame:
 
 
 def useful_nodes_table(runs: list[dict], useful_paths: list[str]) -> pd.DataFrame:
-    """Useful nodes counted per layer and component (a node at several positions counts once
-    per position, as the ablation lists it)."""
+    """Per run and useful node, in model order: at how many positions it is useful."""
     rows = []
     for run, path in zip(runs, useful_paths):
         with open(path) as f:
-            nodes = json.load(f)
-        for node in nodes:
-            rows.append({**run, "layer": node["layer"],
-                         "component": "head" if node["is_head"] else "mlp"})
-    columns = ["model", "command_set", "layer", "component"]
-    if not rows:
-        return pd.DataFrame(columns=[*columns, "n_useful"])
-    return pd.DataFrame(rows).groupby(columns).size().rename("n_useful").reset_index()
-
+            listed = [nodes.from_quanta(entry)[0] for entry in json.load(f)]
+        for name in sorted(set(listed), key=nodes.sort_key):
+            node = nodes.parse(name)
+            rows.append({**run, "node": name, "layer": node.layer, "head": node.head,
+                         "n_useful": listed.count(name)})
+    columns = ["model", "dataset", "node", "layer", "head", "n_useful"]
+    return pd.DataFrame(rows, columns=columns).astype({"layer": "Int32", "head": "Int32"})
 
 def top_edges_table(edge_runs: list[dict], top_edge_paths: list[str]) -> pd.DataFrame:
     frames = []
@@ -59,7 +58,7 @@ def top_edges_table(edge_runs: list[dict], top_edge_paths: list[str]) -> pd.Data
 def comparison_figure(accuracy: pd.DataFrame, useful: pd.DataFrame, edges: pd.DataFrame,
                       title: str):
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.5), gridspec_kw={"width_ratios": [1, 1, 1.4]})
-    labels = accuracy["model"] + " " + accuracy["command_set"]
+    labels = accuracy["model"] + " " + accuracy["dataset"]
 
     ax = axes[0]
     ax.bar(labels, 100 * accuracy["clean_accuracy"], color="tab:blue")
@@ -69,9 +68,9 @@ def comparison_figure(accuracy: pd.DataFrame, useful: pd.DataFrame, edges: pd.Da
     ax.tick_params(axis="x", rotation=45)
 
     ax = axes[1]
-    for (model, command_set), group in useful.groupby(["model", "command_set"]):
+    for (model, dataset), group in useful.groupby(["model", "dataset"]):
         per_layer = group.groupby("layer")["n_useful"].sum()
-        ax.plot(per_layer.index, per_layer.values, marker="o", label=f"{model} {command_set}")
+        ax.plot(per_layer.index, per_layer.values, marker="o", label=f"{model} {dataset}")
     ax.set(xlabel="layer", ylabel="useful (node, position) pairs",
            title="Useful nodes per layer (node ablation)")
     if len(useful):
@@ -80,7 +79,7 @@ def comparison_figure(accuracy: pd.DataFrame, useful: pd.DataFrame, edges: pd.Da
 
     ax = axes[2]
     edges = edges.assign(
-        run=edges["model"] + " " + edges["command_set"] + " " + edges["feature"],
+        run=edges["model"] + " " + edges["dataset"] + " " + edges["feature"],
         edge=edges["upstream"] + " → " + edges["downstream"],
     )
     grid = edges.pivot_table(index="run", columns="edge", values="score", aggfunc="first")
@@ -102,13 +101,19 @@ def comparison_figure(accuracy: pd.DataFrame, useful: pd.DataFrame, edges: pd.Da
 
 def run_stage(params: dict, clean, useful, top_edges, accuracy_out: str, useful_out: str,
               edges_out: str, plot: str) -> None:
-    runs = [{"model": m, "command_set": c} for m, c in params["runs"]]
-    edge_runs = [{"model": m, "command_set": c, "feature": f} for m, c, f in params["edge_runs"]]
+    runs = [{"model": m, "dataset": c} for m, c in params["runs"]]
+    edge_runs = [{"model": m, "dataset": c, "feature": f} for m, c, f in params["edge_runs"]]
     accuracy = accuracy_table(runs, _as_list(clean))
-    nodes = useful_nodes_table(runs, _as_list(useful))
+    useful_nodes = useful_nodes_table(runs, _as_list(useful))
     edges = top_edges_table(edge_runs, _as_list(top_edges))
     write_table(accuracy, accuracy_out)
-    write_table(nodes, useful_out)
+    write_table(useful_nodes, useful_out)
     write_table(edges, edges_out)
-    figure = comparison_figure(accuracy, nodes, edges, "circuitflow sweep: models × command sets")
+    figure = comparison_figure(accuracy, useful_nodes, edges, "circuitflow sweep: models × command sets")
     save_figure(figure, plot, dpi=params["plots"]["dpi"])
+
+
+STAGE = Stage(
+    "summary", run_stage, ("clean", "useful", "top_edges"), ("accuracy_out", "useful_out", "edges_out", "plot"),
+    reads=("plots",), job=("runs", "edge_runs"), many=("clean", "useful", "top_edges"),
+)

@@ -28,7 +28,7 @@ def read_table(path: str | Path, columns: Iterable[str] = ()) -> pd.DataFrame:
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as e:
-        raise TableError(f"{path}: not a readable Parquet file ({e})") from e
+        raise _unreadable(path, e) from e
     missing = [c for c in columns if c not in schema.names]
     if missing:
         raise TableError(
@@ -37,4 +37,12 @@ def read_table(path: str | Path, columns: Iterable[str] = ()) -> pd.DataFrame:
     try:
         return pq.read_table(path).to_pandas()
     except (pa.ArrowException, OSError) as e:
-        raise TableError(f"{path}: not a readable Parquet file ({e})") from e
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path: Path, error: Exception) -> TableError:
+    reason = " ".join(str(error).split())  # Arrow's messages may span lines
+    return TableError(
+        f"{path}: not a readable Parquet file ({reason}); it is truncated or was not written by "
+        "circuitflow: delete it and run the workflow again to rebuild it"
+    )

@@ -1,24 +1,17 @@
 rule clean_accuracy:
     input:
-        examples="results/data/{command_set}/examples.parquet",
-        model=model_input,
-        code=sources(
-            "clean.py", "token_roles.py", "batching.py", "models/loader.py", "tables.py"
-        ),
+        unpack(stage_input("clean-accuracy", examples=rules.generate_examples.output.out)),
     output:
-        "results/{model}/{command_set}/clean.parquet",
+        out="results/{model}/{dataset}/clean.parquet",
     params:
-        settings=lambda w: stage_params(
-            model=model_spec(w.model), clean=config["clean"], device=config["device"]
-        ),
+        settings=stage_params("clean-accuracy"),
     resources:
         gpu=1,
     conda:
         CONDA_ENV
     log:
-        "results/logs/clean_accuracy/{model}_{command_set}.log",
+        "results/logs/clean_accuracy/{model}_{dataset}.log",
     benchmark:
-        "results/benchmarks/clean_accuracy/{model}_{command_set}.tsv"
+        "results/benchmarks/clean_accuracy/{model}_{dataset}.tsv"
     shell:
-        "python -m circuitflow clean-accuracy examples={input.examples:q} out={output:q}"
-        " --params {params.settings:q} > {log:q} 2>&1"
+        stage_command("clean-accuracy")

@@ -1,10 +1,12 @@
-import json
 import re
-import shlex
-from pathlib import Path
+import sys
 
-import circuitflow
 from circuitflow.config import load_schema, validate_config
+from circuitflow.tasks import task_of
+from circuitflow.rules import (
+    code_inputs, dataset_files, dataset_spec, job_tasks, model_files, model_spec, params_json,
+    stage,
+)
 
 configfile: "config.yaml"
 
@@ -15,8 +17,18 @@ config.update(validate_config(config, load_schema(workflow.source_path("../schem
 
 MODELS = list(config["models"])
 BUILTIN_MODELS = [m for m, spec in config["models"].items() if spec["source"] == "builtin"]
-COMMAND_SETS = config["command_sets"]
-PACKAGE_DIR = Path(circuitflow.__file__).parent
+DATASETS = list(config["datasets"])
+# (model, dataset) for every dataset each model is analysed on; EAP once per dataset feature.
+RUNS = [(m, d) for m, entry in config["models"].items() for d in entry["analyse_on"]]
+FEATURE_RUNS = [(m, d, f) for m, d in RUNS for f in config["datasets"][d]["features"]]
+# Node PCA needs class labels: the runs on datasets without them are skipped, and said so.
+CLASS_RUNS = [(m, d) for m, d in RUNS if task_of(config["datasets"][d]).has_classes(config["datasets"][d])]
+for _dataset in sorted({d for m, d in RUNS} - {d for m, d in CLASS_RUNS}):
+    print(
+        f"circuitflow: no node_pca for dataset {_dataset}: its examples have no class labels "
+        f"(task {config['datasets'][_dataset]['task']}; see its `classes` option or column)",
+        file=sys.stderr,
+    )
 # One environment for every rule, the one the README installs (used with --use-conda).
 CONDA_ENV = "../../environment.yml"
 
@@ -27,40 +39,45 @@ def _alternatives(names):
 
 wildcard_constraints:
     model=_alternatives(MODELS),
-    builtin_model=_alternatives(BUILTIN_MODELS),
-    command_set="cs[0-9]+",
+    dataset=_alternatives(DATASETS),
+    feature=_alternatives(sorted({f for _, _, f in FEATURE_RUNS})),
 
 
-def sources(*modules):
-    """The package files a stage runs, as inputs: editing one reruns that stage."""
-    return [str(PACKAGE_DIR / m) for m in modules]
+# Every rule below is a stage of the package: these derive its inputs, params and command from
+# the stage's declaration (circuitflow.stage), so none of them is written twice.
+
+def stage_input(name, **named):
+    """Input function: the named inputs, the package files the stage runs and the files that
+    define the model and the dataset the stage reads."""
+    reads = stage(name).reads
+
+    def inputs(wildcards):
+        values = dict(wildcards.items())
+        paths = {
+            key: value.format(**values) if isinstance(value, str) else value
+            for key, value in named.items()
+        }
+        if "model" in reads:
+            paths["model"] = model_files(model_spec(config, wildcards.model))
+        if "dataset" in reads:
+            paths["dataset"] = dataset_files(dataset_spec(config, wildcards.dataset))
+        paths["code"] = code_inputs(name, job_tasks(name, config, values))
+        return paths
+
+    return inputs
 
 
-def repeated_arg(name, paths):
-    """``name=path`` once per path: the stage receives them as one list, in order."""
-    return " ".join(f"{name}={shlex.quote(str(p))}" for p in paths)
+def stage_params(name, **job):
+    """The JSON of exactly the config keys the stage declares, for this job."""
+    return lambda wildcards: params_json(name, config, dict(wildcards), **job)
 
 
-def stage_params(**sections):
-    """JSON of exactly the settings a stage reads, so rerun triggers see only those."""
-    return json.dumps(sections, sort_keys=True)
-
-
-def model_spec(name):
-    spec = dict(config["models"][name])
-    if spec["source"] == "builtin":
-        spec["path"] = f"results/models/{name}"
-    return spec
-
-
-def model_input(wildcards):
-    """A built-in model is made by train_model; a local one must exist before the run starts."""
-    spec = model_spec(wildcards.model)
-    return [] if spec["source"] == "hub" else [spec["path"]]
-
-
-def pair_settings():
-    """The eap keys that choose the corrupt pairs: method, ig_steps and top_n leave them alone."""
-    keys = ("seed", "batch_size", "n_batches", "num_fields", "use_novel_names",
-            "use_synonyms_table", "use_synonyms_field")
-    return {k: config["eap"][k] for k in keys}
+def stage_command(name):
+    """``python -m circuitflow NAME input=... output=... --params ...``, logged."""
+    declared = stage(name)
+    paths = [f"{i}={{input.{i}:q}}" for i in declared.inputs]
+    paths += [f"{o}={{output.{o}:q}}" for o in declared.outputs]
+    return (
+        f"python -m circuitflow {name} {' '.join(paths)}"
+        " --params {params.settings:q} > {log:q} 2>&1"
+    )

@@ -1,15 +1,15 @@
 rule generate_examples:
     input:
-        code=sources("data/examples.py", "data/vocabulary.py", "data/phrasing.py", "tables.py"),
+        unpack(stage_input("generate-examples")),
     output:
-        "results/data/{command_set}/examples.parquet",
+        out="results/data/{dataset}/examples.parquet",
     params:
-        settings=lambda w: stage_params(command_set=w.command_set, data=config["data"]),
+        settings=stage_params("generate-examples"),
     conda:
         CONDA_ENV
     log:
-        "results/logs/generate_examples/{command_set}.log",
+        "results/logs/generate_examples/{dataset}.log",
     benchmark:
-        "results/benchmarks/generate_examples/{command_set}.tsv"
+        "results/benchmarks/generate_examples/{dataset}.tsv"
     shell:
-        "python -m circuitflow generate-examples out={output:q} --params {params.settings:q} > {log:q} 2>&1"
+        stage_command("generate-examples")

@@ -1,29 +1,25 @@
 rule train_model:
+    wildcard_constraints:
+        model=_alternatives(BUILTIN_MODELS),
     input:
-        code=sources(
-            "models/training.py", "models/tokenizer.py", "data/examples.py",
-            "data/vocabulary.py", "data/phrasing.py", "clean.py", "batching.py", "outputs.py",
-            "tables.py",
-        ),
+        unpack(stage_input("train-model")),
     output:
-        model=directory("results/models/{builtin_model}"),
-        curve="results/{builtin_model}/training/curve.parquet",
+        model=directory("results/models/{model}"),
+        curve="results/{model}/training/curve.parquet",
         plot=report(
-            "results/{builtin_model}/training/training_curve.png",
+            "results/{model}/training/training_curve.png",
             caption="../report/training_curve.rst", category="Built-in model",
         ),
-        heldout="results/{builtin_model}/training/heldout_accuracy.parquet",
+        heldout="results/{model}/training/heldout_accuracy.parquet",
     params:
-        settings=lambda w: stage_params(training=config["training"], device=config["device"]),
+        settings=stage_params("train-model"),
     resources:
         gpu=1,
     conda:
         CONDA_ENV
     log:
-        "results/logs/train_model/{builtin_model}.log",
+        "results/logs/train_model/{model}.log",
     benchmark:
-        "results/benchmarks/train_model/{builtin_model}.tsv"
+        "results/benchmarks/train_model/{model}.tsv"
     shell:
-        "python -m circuitflow train-model model={output.model:q} curve={output.curve:q}"
-        " plot={output.plot:q} heldout={output.heldout:q}"
-        " --params {params.settings:q} > {log:q} 2>&1"
+        stage_command("train-model")

@@ -1,21 +1,22 @@
 def all_targets():
-    """Every final output of the configured sweep: models x command sets x EAP features."""
+    """Every final output: each built-in model's training, each (model, dataset) analysis and
+    each of its features' EAP, and the summary across them."""
+    runs = [f"results/{m}/{d}" for m, d in RUNS]
     return [
         "results/summary/comparison.png",
         *expand("results/{model}/training/training_curve.png", model=BUILTIN_MODELS),
-        *expand("results/{model}/{command_set}/clean.parquet", model=MODELS, command_set=COMMAND_SETS),
         *expand(
-            "results/{model}/{command_set}/eap/{feature}/{output}",
-            model=MODELS, command_set=COMMAND_SETS, feature=config["eap"]["features"],
-            output=["eap_results.json", "sankey.html", "sankey.png", "faithfulness.png"],
-        ),
-        *expand(
-            "results/{model}/{command_set}/{output}",
-            model=MODELS, command_set=COMMAND_SETS,
+            "{run}/{output}", run=runs,
             output=[
-                "position_ablation.parquet", "node_ablation_detail.parquet",
+                "clean.parquet", "position_ablation.parquet", "node_ablation_detail.parquet",
                 "node_ablation_by_role.parquet", "ablation_heatmaps.png", "ablation_heatmaps.html",
-                "position_fail_rate.png", "quanta_map.png",
+                "position_fail_rate.png", "quanta_map.png", "circuits/weight_circuits.html",
+                "circuits/logit_attribution.html",
             ],
         ),
+        *[f"results/{m}/{d}/pca/pca_scatter.html" for m, d in CLASS_RUNS],
+        *[
+            f"results/{m}/{d}/eap/{f}/{output}" for m, d, f in FEATURE_RUNS
+            for output in ("eap_results.json", "sankey.html", "sankey.png", "faithfulness.png")
+        ],
     ]

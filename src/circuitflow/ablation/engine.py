@@ -5,17 +5,21 @@ at position p fails when the argmax at some position t with max(n_p - 1, p) <= t
 from x_{t+1}: greedy decoding from the prompt extended to cover p would not reproduce the answer.
 ``logprob_drop`` is the mean over those t of log P_clean(x_{t+1}) - log P_ablated(x_{t+1}).
 
-Batches. A batch holds interventions at one position p; its rows are (example, node) pairs and
-index tensors say which node each row ablates. Nothing before p changes (causal attention), so
-every row starts from the clean run's key/value cache of positions < p, and runs in two steps:
-position p alone, with the edit; then the later positions, which an edit in layer l reaches
-only through the attention of the layers above l. Up to layer l they stay clean, so the second
-step skips those blocks, feeding the next one its clean input from the clean run:
-- a node in the last layer reaches no later position: only position p's logits change, so
+Interventions. One replaces, at position p of one example, the outputs of a set of nodes (heads
+and MLPs, any number, in any layers) by a ``Replacement``'s values; ablating each node alone is
+the case of sets of one.
+
+Batches. A batch holds interventions at one position p; its rows are (example, node set) pairs.
+Nothing before p changes (causal attention), so every row starts from the clean run's key/value
+cache of positions < p, and runs in two steps: position p alone, with the edit; then the later
+positions, which an edit whose lowest node is in layer l reaches only through the attention of
+the layers above l. Up to layer l they stay clean, so the second step skips those blocks,
+feeding the next one its clean input from the clean run:
+- a set in the last layer reaches no later position: only position p's logits change, so
   before n_p - 1 it cannot fail and is decided without running at all;
-- a node in the last layer but one reaches them only through the last layer's attention to p,
-  so every other position's keys and values stay clean too: the last layer runs at the checked
-  positions alone, after the clean cache with p's new keys and values;
+- a set reaching down to the last layer but one reaches them only through the last layer's
+  attention to p, so every other position's keys and values stay clean too: the last layer
+  runs at the checked positions alone, after the clean cache with p's new keys and values;
 - any other edit continues from p+1 with step one's cache in the layers above l.
 Zeroing a position counts as an edit in layer 0: the first block reads position p's keys and
 values from the clean embedding, so its output elsewhere stays clean.
@@ -34,16 +38,13 @@ from nnsight.modeling.transformers import TransformersModel
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from circuitflow.ablation.examples import AblationExamples, select_examples
+from circuitflow import nodes
+from circuitflow.ablation.examples import AblationExamples
 from circuitflow.ablation.layout import layout_of
 from circuitflow.batching import Batches
-from circuitflow.device import resolve_device
-from circuitflow.errors import ConfigError
-from circuitflow.models.loader import load_model
 
 log = logging.getLogger(__name__)
 
-METHODS = ("mean", "zero", "resample")
 # CPU: batches of about this many tokens; larger ones gain nothing and cost memory.
 CPU_TOKENS_PER_BATCH = 16384
 # CUDA: the share of the free memory a batch may use (the measured cost per row is an estimate).
@@ -53,10 +54,11 @@ CLEAN_BATCH = 16
 
 @dataclass
 class AblationResult:
-    """One entry per intervention; ``node`` indexes ``nodes`` (-1 for a position ablation)."""
+    """One entry per intervention; ``node_set`` indexes the node sets (-1 for a position
+    ablation)."""
 
     example: np.ndarray  # index into the AblationExamples
-    node: np.ndarray
+    node_set: np.ndarray
     position: np.ndarray
     failed: np.ndarray
     logprob_drop: np.ndarray
@@ -65,30 +67,6 @@ class AblationResult:
     def empty(cls) -> "AblationResult":
         none = np.zeros(0, dtype=np.int64)
         return cls(none, none, none, np.zeros(0, dtype=bool), np.zeros(0, dtype=np.float32))
-
-
-@dataclass
-class Sources:
-    """Where replacement values come from: ``heads[l][donor[e, p], p, h]`` and
-    ``mlps[l][donor[e, p], p]`` replace node (l, h) / MLP l of example e at position p."""
-
-    heads: list[torch.Tensor]  # per layer [M, T_max, n_heads, d_head]
-    mlps: list[torch.Tensor]  # per layer [M, T_max, d_model]
-    donor: torch.Tensor  # long [N, T_max]; -1 where no replacement exists
-
-
-def resample_donors(lengths: np.ndarray, seed: int) -> np.ndarray:
-    """For each (example, position), another example that has that position (seeded); -1 if none."""
-    rng = np.random.default_rng(seed)
-    donors = np.full((len(lengths), int(lengths.max())), -1, dtype=np.int64)
-    for p in range(donors.shape[1]):
-        covering = np.flatnonzero(lengths > p)
-        if len(covering) < 2:
-            continue
-        pick = rng.integers(0, len(covering) - 1, size=len(covering))
-        pick += pick >= np.arange(len(covering))  # skip the example itself
-        donors[covering, p] = covering[pick]
-    return donors
 
 
 class AblationEngine:
@@ -103,6 +81,10 @@ class AblationEngine:
         self.examples = examples.to(self.device)
         self.show_progress = show_progress
         layout = self.layout
+        # Node j of a node set is node_names[j]: per layer its heads, then its MLP.
+        self.node_names = [
+            name for l in range(layout.n_layers) for name in nodes.layer_nodes(l, layout.n_heads)
+        ]
         self._heads = [self.traced.get(layout.head_input(l)) for l in range(layout.n_layers)]
         self._mlps = [self.traced.get(layout.mlp_output(l)) for l in range(layout.n_layers)]
         self._blocks = [self.traced.get(layout.block(l)) for l in range(layout.n_layers)]
@@ -247,16 +229,16 @@ class AblationEngine:
         layers = [(k[rows, :, :end], v[rows, :, :end]) for k, v in zip(self.keys, self.values)]
         return DynamicCache(layers, config=self.model.config)
 
-    def _intervene(self, example, node, layer, p: int, edit_for):
-        """Decide interventions at position p whose edits are in ``layer``, in two steps:
-        position p alone, with the edit, after the clean cache of earlier positions; then the
-        later positions the edits reach, one group per layer."""
+    def _intervene(self, example, node_set, layer, p: int, edit_for):
+        """Decide interventions at position p whose lowest edits are in ``layer``, in two
+        steps: position p alone, with the edit, after the clean cache of earlier positions;
+        then the later positions the edits reach, one group per layer."""
         ex = self.examples
         last = self.layout.n_layers - 1
         rows = torch.as_tensor(example, device=self.device)
         first = (ex.n_prompt[rows] - 1).clamp(min=p)
         cache = self._prefix_cache(rows, p)
-        hidden = self._forward(rows, p, cache, edit_for(rows, node, p), width=1)
+        hidden = self._forward(rows, p, cache, edit_for(rows, node_set, p), width=1)
         n_wrong, drop = self._tally(hidden, rows, p, first)
         for l in np.unique(layer[layer < last]):
             group = torch.as_tensor(np.flatnonzero(layer == l), device=self.device)
@@ -312,10 +294,10 @@ class AblationEngine:
 
     # -- many batches ------------------------------------------------------------------------
 
-    def _run(self, example, node, position, layer, edit_for, desc: str, decided=None):
-        """Run interventions (example[i], node[i], position[i]), each editing ``layer[i]``;
-        ``edit_for(rows, nodes, p)`` returns the edit of a batch at position p. ``decided``
-        marks entries known not to fail."""
+    def _run(self, example, node_set, position, layer, edit_for, desc: str, decided=None):
+        """Run interventions (example[i], node_set[i], position[i]), each editing ``layer[i]``
+        and above; ``edit_for(rows, node_sets, p)`` returns the edit of a batch at position p.
+        ``decided`` marks entries known not to fail."""
         n = len(example)
         failed = np.zeros(n, dtype=bool)
         drop = np.zeros(n, dtype=np.float32)
@@ -327,26 +309,27 @@ class AblationEngine:
         bar.update(n - int(todo.sum()))
         for p in np.unique(position[todo]):
             entries = np.flatnonzero(todo & (position == p))
-            entries = entries[np.lexsort((node[entries], rank[example[entries]], layer[entries]))]
+            order = (node_set[entries], rank[example[entries]], layer[entries])
+            entries = entries[np.lexsort(order)]
 
             def intervene(batch):
                 return batch, self._intervene(
-                    example[batch], node[batch], layer[batch], int(p), edit_for
+                    example[batch], node_set[batch], layer[batch], int(p), edit_for
                 )
 
             for batch, (batch_failed, batch_drop) in self.batches.map(entries, intervene):
                 failed[batch], drop[batch] = batch_failed, batch_drop
                 bar.update(len(batch))
         bar.close()
-        return AblationResult(example, node, position, failed, drop)
+        return AblationResult(example, node_set, position, failed, drop)
 
-    def _grid(self, n_nodes: int, usable: torch.Tensor | None = None):
-        """Every (example, node, position) with a checked position at or after it, for the
+    def grid(self, n_sets: int, usable: torch.Tensor | None = None):
+        """Every (example, node set, position) with a checked position at or after it, for the
         examples the clean run answers exactly; ``usable`` [N, T_max] may exclude more."""
         ex = self.examples
         n, width = ex.tokens.shape
         e, k, p = torch.meshgrid(
-            torch.arange(n), torch.arange(n_nodes), torch.arange(width), indexing="ij"
+            torch.arange(n), torch.arange(n_sets), torch.arange(width), indexing="ij"
         )
         keep = (p <= ex.lengths.cpu()[e] - 2) & self.clean_ok.cpu()[e]
         if usable is not None:
@@ -357,9 +340,9 @@ class AblationEngine:
         """Zero the residual stream after every block at one position."""
         if not len(self.examples):
             return AblationResult.empty()
-        example, _, position = self._grid(1)
+        example, _, position = self.grid(1)
 
-        def edit_for(rows, nodes, p):
+        def edit_for(rows, node_sets, p):
             def edit(positions):
                 for block in self._blocks:
                     out = block.output
@@ -368,89 +351,65 @@ class AblationEngine:
 
             return edit
 
-        node = np.full(len(example), -1)
+        node_set = np.full(len(example), -1)
         layer = np.zeros(len(example), dtype=np.int64)  # see the module's docstring
-        return self._run(example, node, position, layer, edit_for, "position ablation")
+        return self._run(example, node_set, position, layer, edit_for, "position ablation")
 
-    def nodes(self) -> tuple[np.ndarray, np.ndarray]:
-        """(layer, head) of every node, head -1 for the MLP: per layer the heads, then the MLP."""
+    def ablate_each_node(self, replacement) -> AblationResult:
+        """Replace one node's output at one position, for every node, example and position
+        that ``replacement`` has a value for; ``node_set`` is then the node's index."""
+        n_nodes = len(self.node_names)
+        example, node, position = self.grid(n_nodes, replacement.donor >= 0)
+        return self.ablate(example, node, position, torch.eye(n_nodes, dtype=torch.bool),
+                           replacement)
+
+    def ablate(self, example, node_set, position, sets, replacement,
+               desc: str = "node ablation") -> AblationResult:
+        """Intervention i replaces, at position position[i] of example example[i], the output of
+        every node in ``sets[node_set[i]]`` (bool [S, n_nodes], nodes in ``node_names`` order)
+        by ``replacement``'s value (a ``Replacement``, see ``circuitflow.ablation.replacement``)."""
+        if (replacement.donor.cpu()[example, position] < 0).any():
+            raise ValueError("the replacement has no value for some interventions' positions")
         layout = self.layout
-        heads = list(range(layout.n_heads)) + [-1]
-        layer = np.repeat(np.arange(layout.n_layers), len(heads))
-        return layer, np.tile(heads, layout.n_layers)
+        sets = torch.as_tensor(sets, dtype=torch.bool, device=self.device)
+        # The lowest layer with a node of the set: the blocks below it run clean.
+        in_layer = sets.view(len(sets), layout.n_layers, layout.n_heads + 1).any(-1)
+        layer = in_layer.byte().argmax(-1).cpu().numpy()[node_set]
+        n_prompt = self.examples.n_prompt.cpu().numpy()[example]
+        decided = (layer == layout.n_layers - 1) & (position < n_prompt - 1)
 
-    def ablate_nodes(self, method: str = "mean", seed: int = 0) -> AblationResult:
-        """Replace one node's output at one position (``method``: mean, zero or resample)."""
-        if not len(self.examples):
-            return AblationResult.empty()
-        sources = self.replacement_sources(method, seed)
-        layers, heads = self.nodes()
-        example, node, position = self._grid(len(layers), sources.donor >= 0)
-        ex = self.examples
-        last_layer = layers[node] == self.layout.n_layers - 1
-        decided = last_layer & (position < ex.n_prompt.cpu().numpy()[example] - 1)
-        layers_t = torch.as_tensor(layers, device=self.device)
-        heads_t = torch.as_tensor(heads, device=self.device)
+        def edit_for(rows, node_sets, p):
+            ablated = sets[torch.as_tensor(node_sets, device=self.device)][:, None]
+            return self.node_edit(rows, ablated, replacement)
 
-        def edit_for(rows, nodes, p):
-            nodes = torch.as_tensor(nodes, device=self.device)
-            layer, head = layers_t[nodes], heads_t[nodes]
-            donor = sources.donor[rows, p]
-            edits = []
-            for l in range(self.layout.n_layers):
-                h_rows = ((layer == l) & (head >= 0)).nonzero()[:, 0]
-                m_rows = ((layer == l) & (head < 0)).nonzero()[:, 0]
-                h_values = sources.heads[l][donor[h_rows], p, head[h_rows]]
-                m_values = sources.mlps[l][donor[m_rows], p]
-                edits.append((h_rows, head[h_rows], h_values, m_rows, m_values))
+        return self._run(example, node_set, position, layer, edit_for, desc, decided)
 
-            def edit(positions):
-                width, n_heads, d_head = positions.shape[1], self.layout.n_heads, self.layout.d_head
-                for l, (h_rows, h_heads, h_values, m_rows, m_values) in enumerate(edits):
-                    if len(h_rows):
-                        z = self._heads[l].input
-                        z.view(len(rows), width, n_heads, d_head)[h_rows, 0, h_heads] = h_values
-                    if len(m_rows):
-                        self._mlps[l].output[m_rows, 0] = m_values
+    def node_edit(self, rows: torch.Tensor, ablated: torch.Tensor, replacement):
+        """An edit that replaces, wherever ``ablated`` [B, W or 1, n_nodes] is True, node j's
+        output at the w-th position the trace computes for row b by ``replacement``'s value for
+        example rows[b] at that position."""
+        layout = self.layout
 
-            return edit
+        def edit(positions):
+            n, width = positions.shape
+            mask = ablated.expand(n, width, -1).unflatten(-1, (layout.n_layers, -1))
+            p = positions.clamp(max=replacement.donor.shape[1] - 1)
+            donor = replacement.donor[rows[:, None], p]
+            for l in range(layout.n_layers):
+                b, w, h = mask[:, :, l, :-1].nonzero(as_tuple=True)
+                if len(b):
+                    z = self._heads[l].input.view(n, width, layout.n_heads, layout.d_head)
+                    z[b, w, h] = replacement.heads[l][donor[b, w], p[b, w], h]
+                b, w = mask[:, :, l, -1].nonzero(as_tuple=True)
+                if len(b):
+                    self._mlps[l].output[b, w] = replacement.mlps[l][donor[b, w], p[b, w]]
 
-        return self._run(example, node, position, layers[node], edit_for, "node ablation", decided)
+        return edit
 
-    # -- replacement values ------------------------------------------------------------------
+    # -- the nodes' own outputs ------------------------------------------------------------
 
     @torch.no_grad()
-    def replacement_sources(self, method: str, seed: int) -> Sources:
-        """What replaces each node's output under ``method`` (see ``Sources``)."""
-        if method not in METHODS:
-            raise ConfigError(
-                f"config key 'ablation.method': expected one of {METHODS}, got {method!r}"
-            )
-        ex = self.examples
-        n, width = ex.tokens.shape
-        layout = self.layout
-        shape_h, shape_m = (layout.n_heads, layout.d_head), (self.model.config.hidden_size,)
-        if method == "zero":
-            zeros = torch.zeros(1, width, device=self.device)
-            heads = [zeros[..., None, None].expand(1, width, *shape_h)] * layout.n_layers
-            mlps = [zeros[..., None].expand(1, width, *shape_m)] * layout.n_layers
-            return Sources(heads, mlps, torch.zeros(n, width, dtype=torch.long, device=self.device))
-        outputs_h, outputs_m = self._node_outputs()
-        if method == "resample":
-            donor = resample_donors(ex.lengths.cpu().numpy(), seed)
-            return Sources(outputs_h, outputs_m, torch.as_tensor(donor, device=self.device))
-        # The mean over every real position of every selected example, one vector per node.
-        real = (torch.arange(width, device=self.device) < ex.lengths[:, None]).float()
-        count = real.sum()
-        heads = [
-            (torch.einsum("nt,nthd->hd", real, z) / count).expand(1, width, *shape_h)
-            for z in outputs_h
-        ]
-        mlps = [(torch.einsum("nt,ntd->d", real, m) / count).expand(1, width, *shape_m)
-                for m in outputs_m]
-        return Sources(heads, mlps, torch.zeros(n, width, dtype=torch.long, device=self.device))
-
-    def _node_outputs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def node_outputs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Every node's clean output at every position: per layer [N, T_max, H, d_head] for
         the heads and [N, T_max, d_model] for the MLP (zero at padding)."""
         ex = self.examples
@@ -462,7 +421,7 @@ class AblationEngine:
             rows = slice(start, start + self.batch_size)
             tokens = ex.tokens[rows]
             saved = []  # filled inside the trace: only .save()d values outlive it
-            with torch.no_grad(), self.traced.trace(tokens):
+            with self.traced.trace(tokens):
                 for l in range(layout.n_layers):
                     saved.append((self._heads[l].input.save(), self._mlps[l].output.save()))
             real = torch.arange(width, device=self.device) < ex.lengths[rows, None]
@@ -471,12 +430,3 @@ class AblationEngine:
                 heads[l].append(z)
                 mlps[l].append(m * real[..., None])
         return [torch.cat(h) for h in heads], [torch.cat(m) for m in mlps]
-
-
-def engine_for_stage(params: dict, clean_path: str) -> AblationEngine:
-    """The engine a stage runs: its model on its device, over the selected correct examples."""
-    loaded = load_model(params["model"], resolve_device(params["device"]))
-    settings = params["ablation"]
-    examples = select_examples(clean_path, settings["n_examples"], loaded.tokenizer.pad_token_id)
-    log.info("%s: %d examples", loaded.name, len(examples))
-    return AblationEngine(loaded.model, loaded.tokenizer, examples, settings["batch_size"])

@@ -7,33 +7,60 @@ selected example (rule ``useful_nodes`` then lists the nodes that matter).
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
-from circuitflow.ablation.engine import engine_for_stage
+from circuitflow import nodes
+from circuitflow.ablation.engine import AblationResult
+from circuitflow.ablation.replacement import by_method
+from circuitflow.ablation.stage_engine import engine_for_stage
 from circuitflow.ablation.summary import detail_table, summarize
+from circuitflow.errors import ConfigError
 from circuitflow.tables import write_table
+from circuitflow.stage import Only, Stage
 
-NODE_KEYS = ["layer", "component", "head"]
+# Grouped in model order: by layer, then head (null, the MLP, last).
+NODE_KEYS = ["layer", "head", "node"]
 
 
-def node_detail(engine, result) -> pd.DataFrame:
-    layers, heads = engine.nodes()
+def ablate_each_node(engine, settings) -> AblationResult:
+    if not len(engine.examples):
+        return AblationResult.empty()  # the model answers none: nothing to ablate
+    method = settings["method"]
+    if method != "resample":
+        return engine.ablate_each_node(by_method(method, engine))
+    if len(engine.examples) < 2:
+        why = ("ablation.n_examples is 1" if settings["n_examples"] < 2
+               else "the model answers only one example correctly")
+        raise ConfigError(
+            f"config key 'ablation.method': resample takes a node's output from another "
+            f"example, but {why}; set ablation.n_examples to 2 or more, or ablation.method "
+            "to mean or zero"
+        )
+    return engine.ablate_each_node(by_method(method, engine, settings["seed"]))
+
+
+def node_detail(engine, result: AblationResult) -> pd.DataFrame:
     table = detail_table(engine.examples, result)
-    head = heads[result.node]
-    table.insert(1, "layer", layers[result.node].astype(np.int32))
-    table.insert(2, "component", np.where(head >= 0, "head", "mlp"))
-    table.insert(3, "head", head.astype(np.int32))
+    names = nodes.columns(engine.node_names).iloc[result.node_set].reset_index(drop=True)
+    table = pd.concat([table[["example_id"]], names[NODE_KEYS], table.iloc[:, 1:]], axis=1)
     return table.sort_values(["example_id", *NODE_KEYS, "position"], ignore_index=True)
 
 
 def run_stage(
     params: dict, clean: str, detail: str, summary: str, by_role: str
 ) -> None:
-    settings = params["ablation"]
     engine = engine_for_stage(params, clean)
-    table = node_detail(engine, engine.ablate_nodes(settings["method"], settings["seed"]))
+    table = node_detail(engine, ablate_each_node(engine, params["ablation"]))
     per_position = summarize(table, [*NODE_KEYS, "position"])
     write_table(table, detail)
     write_table(per_position, summary)
     write_table(summarize(table, [*NODE_KEYS, "role"]), by_role)
+
+
+STAGE = Stage(
+    "node-ablation", run_stage, ("clean",), ("detail", "summary", "by_role"),
+    reads=(
+        "model", "device", "ablation.n_examples", "ablation.batch_size", "ablation.method",
+        Only("ablation.seed", when=("ablation.method", "resample")),
+    ),
+)

@@ -14,10 +14,13 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+# Imported by name: run_stage's ``nodes`` argument is a path.
+from circuitflow.nodes import from_quanta, sort_key
 from circuitflow.outputs import atomic_path, save_figure
 from circuitflow.tables import read_table
+from circuitflow.stage import Stage
 
-NODE_COLUMNS = ["layer", "component", "head", "position", "role", "n_tried", "fail_rate"]
+NODE_COLUMNS = ["node", "layer", "position", "role", "n_tried", "fail_rate"]
 POSITION_COLUMNS = ["position", "role", "n_tried", "fail_rate"]
 
 
@@ -27,16 +30,15 @@ def position_labels(table: pd.DataFrame) -> dict[int, str]:
 
 
 def node_grid(summary: pd.DataFrame, layer: int) -> tuple[np.ndarray, list[str], list[int]]:
-    """Fail % of one layer as [heads + MLP, positions] (NaN where nothing was tried)."""
+    """Fail % of one layer as [its nodes (heads, then the MLP), positions] (NaN where nothing
+    was tried)."""
     part = summary[summary["layer"] == layer]
-    rows = [f"H{h}" for h in sorted(part.loc[part["component"] == "head", "head"].unique())]
-    rows.append("MLP")
+    rows = sorted(part["node"].unique(), key=sort_key)
     positions = sorted(summary["position"].unique())
     grid = np.full((len(rows), len(positions)), np.nan)
     column = {p: i for i, p in enumerate(positions)}
     for row in part.itertuples():
-        r = len(rows) - 1 if row.component == "mlp" else rows.index(f"H{row.head}")
-        grid[r, column[row.position]] = row.fail_rate
+        grid[rows.index(row.node), column[row.position]] = row.fail_rate
     return grid, rows, positions
 
 
@@ -108,20 +110,14 @@ def positions_figure(summary: pd.DataFrame, title: str):
     return fig
 
 
-def node_name(node: dict) -> str:
-    """QuantaMechInterp's row names: L1H2 for a head, L1MLP for an MLP."""
-    return f"L{node['layer']}" + (f"H{node['num']}" if node["is_head"] else "MLP")
-
-
 def quanta_figure(useful: list[dict], labels: dict[int, str], title: str):
     """One row per useful node, one column per position that has one, the fail % in each cell."""
-    order = sorted({(n["layer"], not n["is_head"], n["num"]) for n in useful})
-    rows = [node_name({"layer": l, "is_head": not mlp, "num": num}) for l, mlp, num in order]
-    positions = sorted({n["position"] for n in useful})
+    placed = [(*from_quanta(n), float(n["tags"][0].split(":")[1])) for n in useful]
+    rows = sorted({name for name, _, _ in placed}, key=sort_key)
+    positions = sorted({position for _, position, _ in placed})
     grid = np.full((len(rows), len(positions)), np.nan)
-    for n in useful:
-        rate = float(n["tags"][0].split(":")[1])
-        grid[rows.index(node_name(n)), positions.index(n["position"])] = rate
+    for name, position, rate in placed:
+        grid[rows.index(name), positions.index(position)] = rate
     size = (max(4, 0.7 * len(positions) + 2), max(2.5, 0.3 * len(rows) + 1.5))
     fig, ax = plt.subplots(figsize=size)
     if useful:
@@ -151,7 +147,7 @@ def run_stage(
     position_summary = read_table(positions, columns=POSITION_COLUMNS)
     with open(useful) as f:
         useful_list = json.load(f)
-    title = f"{params['model_name']} {params['command_set']}"
+    title = f"{params['model']} {params['dataset']}"
     dpi = params["plots"]["dpi"]
     save_figure(heatmaps_figure(node_summary, title), heatmaps, dpi=dpi)
     with atomic_path(heatmaps_page) as tmp:
@@ -160,3 +156,10 @@ def run_stage(
     save_figure(positions_figure(position_summary, title), position_chart, dpi=dpi)
     labels = position_labels(node_summary)
     save_figure(quanta_figure(useful_list, labels, title), quanta_map, dpi=dpi)
+
+
+STAGE = Stage(
+    "ablation-plots", run_stage, ("nodes", "positions", "useful"),
+    ("heatmaps", "heatmaps_page", "position_chart", "quanta_map"),
+    reads=("plots",), job=("model", "dataset"),
+)

@@ -7,9 +7,10 @@ the answer (see ``engine``).
 
 from __future__ import annotations
 
-from circuitflow.ablation.engine import engine_for_stage
+from circuitflow.ablation.stage_engine import engine_for_stage
 from circuitflow.ablation.summary import detail_table, summarize
 from circuitflow.tables import write_table
+from circuitflow.stage import Stage
 
 
 def run_stage(params: dict, clean: str, detail: str, summary: str) -> None:
@@ -18,3 +19,9 @@ def run_stage(params: dict, clean: str, detail: str, summary: str) -> None:
     table = table.sort_values(["example_id", "position"], ignore_index=True)
     write_table(table, detail)
     write_table(summarize(table, ["position"]), summary)
+
+
+STAGE = Stage(
+    "position-ablation", run_stage, ("clean",), ("detail", "summary"),
+    reads=("model", "device", "ablation.n_examples", "ablation.batch_size"),
+)

@@ -27,9 +27,10 @@ def position_roles(detail: pd.DataFrame) -> pd.Series:
 
 def summarize(detail: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Per group of ``keys``: n_tried, n_failed, fail_rate (%, 0-100), mean_logprob_drop; and
-    the most common role when grouped by position."""
+    the most common role when grouped by position. Null keys (an MLP's head) form groups too,
+    sorted last."""
     table = (
-        detail.groupby(keys, sort=True)
+        detail.groupby(keys, sort=True, dropna=False)
         .agg(
             n_tried=("failed", "size"),
             n_failed=("failed", "sum"),

@@ -10,30 +10,29 @@ import json
 
 import pandas as pd
 
+from circuitflow import nodes
 from circuitflow.outputs import write_text
 from circuitflow.tables import read_table
+from circuitflow.stage import Stage
 
-SUMMARY_COLUMNS = ["layer", "component", "head", "position", "fail_rate"]
+SUMMARY_COLUMNS = ["node", "layer", "head", "position", "fail_rate"]
 
 
 def useful_nodes(summary: pd.DataFrame, threshold: float) -> list[dict]:
     """Nodes (per position) failing more than ``threshold`` % of the time, in QuantaMechInterp's
     node-list format, ordered by position, layer, heads before the MLP, head."""
     useful = summary[summary["fail_rate"] > threshold]
-    useful = useful.sort_values(["position", "layer", "component", "head"])
+    useful = useful.sort_values(["position", "layer", "head"], na_position="last")
     return [
-        {
-            "position": int(row.position),
-            "layer": int(row.layer),
-            "is_head": row.component == "head",
-            "num": max(int(row.head), 0),
-            "tags": [f"Fail%:{round(row.fail_rate)}"],
-        }
+        nodes.to_quanta(row.node, row.position, [f"Fail%:{round(row.fail_rate)}"])
         for row in useful.itertuples()
     ]
 
 
 def run_stage(params: dict, summary: str, out: str) -> None:
     table = read_table(summary, columns=SUMMARY_COLUMNS)
-    nodes = useful_nodes(table, params["ablation"]["useful_threshold"])
-    write_text(json.dumps(nodes, indent=1) + "\n", out)
+    listed = useful_nodes(table, params["ablation"]["useful_threshold"])
+    write_text(json.dumps(listed, indent=1) + "\n", out)
+
+
+STAGE = Stage("useful-nodes", run_stage, ("summary",), ("out",), reads=("ablation.useful_threshold",))

@@ -2,7 +2,8 @@
 
 Every name and synonym is distinct from every other (tables and fields together), so a word in
 an instruction names exactly one table or field. Synonyms avoid the words the clause phrasings
-use (aggregate and sort words), so a field list cannot be read two ways.
+use (aggregate, sort and filter words), so a field list cannot be read two ways. Text values of
+WHERE conditions name no table or field either.
 """
 
 from __future__ import annotations
@@ -28,6 +29,18 @@ def allowed_aggregates(sql_type: str) -> tuple[str, ...]:
     if sql_type in DATE_TYPES:
         return ("MIN", "MAX", "COUNT")
     return ("COUNT",)
+
+
+def value_kind(sql_type: str) -> str:
+    """How a WHERE condition compares a column: "number", "date", "boolean" or "text".
+
+    JSON is stored as text in SQL (sqlite too), so it is filtered like text.
+    """
+    if sql_type in NUMERIC_TYPES:
+        return "number"
+    if sql_type in DATE_TYPES:
+        return "date"
+    return "boolean" if sql_type == "BOOLEAN" else "text"
 
 
 TABLES: dict[str, tuple[str, str]] = {
@@ -538,3 +551,34 @@ FIELDS: tuple[Field, ...] = tuple(
 
 TABLE_NAMES = tuple(TABLES)
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
+
+# Quoted literals of text conditions: whole words for "is 'london'", fragments for "contains 'an'".
+TEXT_VALUES = (
+    "alpha", "beta", "gamma", "omega", "red", "blue", "green", "black", "white", "orange",
+    "north", "south", "east", "west", "london", "paris", "tokyo", "berlin", "madrid", "rome",
+    "smith", "jones", "garcia", "miller", "open", "closed", "pending", "amber", "basic",
+    "gold", "bronze", "small", "large", "online", "express", "urgent", "draft", "annual",
+    "an", "er", "on", "ar", "in", "son", "ton", "ing", "ell", "ma",
+)
+
+# Plurals that the suffix rules of foreign_key do not undo.
+_SINGULAR_EXCEPTIONS = {"movies": "movie"}
+
+
+def foreign_key(table: str) -> str:
+    """The column through which another table refers to ``table``: customers -> customer_id."""
+    singular = _SINGULAR_EXCEPTIONS.get(table)
+    if singular is None:
+        if table.endswith("ies"):
+            singular = table[:-3] + "y"
+        elif table.endswith(("sses", "xes", "ches", "shes")):
+            singular = table[:-2]
+        elif table.endswith("s"):
+            singular = table[:-1]
+        else:  # uncountable: inventory, weather, feedback, equipment
+            singular = table
+    return f"{singular}_id"
+
+
+# The joined table's own key, which the foreign key matches.
+JOIN_KEY = FIELDS_BY_NAME["id"]

@@ -33,6 +33,7 @@ from circuitflow.errors import CircuitflowError
 from circuitflow.models.loader import load_model
 from circuitflow.outputs import write_text
 from circuitflow.tables import write_table
+from circuitflow.stage import Only, Stage
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def top_edge_table(upstream: list[str], downstream: list[str], scores: np.ndarra
 
 def run_stage(params: dict, pairs: str, edges: str, top_edges: str, results_json: str) -> None:
     settings = params["eap"]
-    device = resolve_device(params.get("device", "auto"))
+    device = resolve_device(params["device"])
     loaded = load_model(params["model"], device)
     model = EdgeModel(loaded.model, loaded.tokenizer)
     table = read_pairs(pairs)
@@ -152,16 +153,12 @@ def run_stage(params: dict, pairs: str, edges: str, top_edges: str, results_json
             "source": "circuitflow",
             "timestamp": datetime.now(timezone.utc).isoformat(),
             "model": loaded.name,
-            "commandset": params.get("command_set"),
+            "dataset": params["dataset"],
             "hf_model": params["model"].get("id") or params["model"].get("path"),
-            "feature_name": params.get("feature"),
-            "use_novel_names": settings.get("use_novel_names"),
-            "use_synonyms_field": settings.get("use_synonyms_field"),
-            "use_synonyms_table": settings.get("use_synonyms_table"),
-            "num_sql_fields": settings.get("num_fields"),
+            "feature_name": params["feature"],
             "method": settings["method"],
             "ig_steps": steps,
-            "batch_size": settings.get("batch_size"),
+            "batch_size": int(table.groupby("batch").size().max()),
             "n_batches": len(batches),
             "n_positions": max(b.clean.shape[1] for b in batches),
             "n_layers": cfg.n_layers,
@@ -180,3 +177,13 @@ def run_stage(params: dict, pairs: str, edges: str, top_edges: str, results_json
         ],
     }
     write_text(json.dumps(results, indent=2), results_json)
+
+
+STAGE = Stage(
+    "eap", run_stage, ("pairs",), ("edges", "top_edges", "results_json"),
+    reads=(
+        "model", "device", "eap.method", Only("eap.ig_steps", when=("eap.method", "eap-ig")),
+        "eap.top_n",
+    ),
+    job=("dataset", "feature"),
+)

@@ -24,6 +24,7 @@ from circuitflow.eap.bridge import EdgeModel
 from circuitflow.errors import CircuitflowError
 from circuitflow.models.loader import load_model
 from circuitflow.tables import read_table, write_table
+from circuitflow.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def patched_logit_diff(model: EdgeModel, batch: PairBatch, corrupt: torch.Tensor
 
 def run_stage(params: dict, pairs: str, edges: str, out: str) -> None:
     sizes = params["faithfulness"]["circuit_sizes"]
-    device = resolve_device(params.get("device", "auto"))
+    device = resolve_device(params["device"])
     loaded = load_model(params["model"], device)
     model = EdgeModel(loaded.model, loaded.tokenizer)
     batches = pair_batches(read_pairs(pairs), loaded.tokenizer.pad_token_id, device)
@@ -108,3 +109,9 @@ def run_stage(params: dict, pairs: str, edges: str, out: str) -> None:
         "metric": metric,
         "faithfulness": [(m - corrupt_diff) / (full_diff - corrupt_diff) for m in metric],
     }), out)
+
+
+STAGE = Stage(
+    "faithfulness", run_stage, ("pairs", "edges"), ("out",),
+    reads=("model", "device", "faithfulness.circuit_sizes"),
+)

@@ -4,7 +4,7 @@ Upstream nodes write into the residual stream: ``input`` (the embeddings), every
 ``l{L}.h{H}`` and every MLP's output ``l{L}.mlp``. Receivers read from it: every head's query,
 key and value input ``l{L}.h{H}.q|.k|.v``, every MLP's input ``l{L}.mlp`` and the ``logits``
 (the final residual stream). With grouped-query attention a key/value input belongs to a
-key/value head, named ``l{L}.kv{G}.k|.v``.
+key/value head, named ``l{L}.kv{G}.k|.v`` (names from ``circuitflow.nodes``).
 
 Upstream nodes are numbered in the order the model computes them (input, then per layer its heads
 and its MLP), so the upstream nodes feeding a receiver are always a prefix of that order: every
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
+
+from circuitflow import nodes
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,9 @@ class Graph:
 
     @cached_property
     def upstream(self) -> list[str]:
-        names = ["input"]
+        names = [nodes.INPUT]
         for layer in range(self.n_layers):
-            names += [f"l{layer}.h{h}" for h in range(self.n_heads)] + [f"l{layer}.mlp"]
+            names += nodes.layer_nodes(layer, self.n_heads)
         return names
 
     # --- receivers ------------------------------------------------------------------------
@@ -59,15 +61,14 @@ class Graph:
 
     @cached_property
     def receivers(self) -> list[str]:
-        grouped = self.n_kv_heads != self.n_heads
-        kv = "kv" if grouped else "h"
+        kv_input = nodes.kv_head_input if self.n_kv_heads != self.n_heads else nodes.head_input
         names = []
         for layer in range(self.n_layers):
-            names += [f"l{layer}.h{h}.q" for h in range(self.n_heads)]
+            names += [nodes.head_input(layer, h, "q") for h in range(self.n_heads)]
             for kind in ("k", "v"):
-                names += [f"l{layer}.{kv}{g}.{kind}" for g in range(self.n_kv_heads)]
-            names.append(f"l{layer}.mlp")
-        return names + ["logits"]
+                names += [kv_input(layer, g, kind) for g in range(self.n_kv_heads)]
+            names.append(nodes.mlp(layer))
+        return names + [nodes.LOGITS]
 
     # --- edges ----------------------------------------------------------------------------
     @cached_property

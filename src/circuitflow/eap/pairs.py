@@ -1,55 +1,36 @@
-"""Clean/corrupt prompt pairs for edge attribution patching, one feature at a time.
+"""Stage corrupt-pairs: clean/corrupt prompt pairs of one feature of a dataset, as token ids.
 
-A pair differs in exactly one word of the prompt: the table or the first field, named either in
-the English instruction (ENGTABLENAME, ENGFIELDNAME) or in the CREATE TABLE context
-(DEFTABLENAME, DEFFIELDNAME). Both prompts are cut just before the answer token that copies that
-word into the SQL, so at the last position the model should say the clean word on the clean
-prompt; the EAP metric compares the logits of the clean and the corrupt word there.
-
-Prompts use one fixed, simple CS1 instruction ("Show me the {fields} from the {table} table") for
-every command set, with the CREATE TABLE and SQL formatting of ``circuitflow.data.examples``.
-Every table and field is written with a leading space in all three parts, so "single token" means
-that " word" is one token, and a candidate is kept only when swapping the word swaps exactly that
-one token of the prompt and of the SQL (so clean and corrupt have the same length).
+The dataset's task draws pairs of texts that differ in that feature (``circuitflow.tasks``).
+Here they are tokenized like every example (prompt and answer apart) and cut just before the
+first answer token where clean and corrupt differ, so that at the last position the model should
+say the clean token on the clean prompt; the metric compares the clean and corrupt tokens there.
+A pair is kept when clean and corrupt prompts have the same number of tokens (so positions
+align), differ in at least one of them, share the answer before the cut, and the model answers
+the clean prompt exactly (the whole answer, then EOS).
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import re
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import pandas as pd
 import pyarrow as pa
 
 from circuitflow.clean import first_wrong_positions
-from circuitflow.data import phrasing
-from circuitflow.data.examples import (
-    FIELD_SYNONYM_P, TABLE_SYNONYM_P,
-    create_table_text, english_word, format_prompt, sql_text,
-)
-from circuitflow.data.vocabulary import FIELDS, FIELDS_BY_NAME, TABLE_NAMES, TABLES, Field
 from circuitflow.device import resolve_device
 from circuitflow.errors import CircuitflowError
 from circuitflow.models.loader import load_model
+from circuitflow.stage import Stage
 from circuitflow.tables import write_table
+from circuitflow.tasks import task_of
+from circuitflow.token_roles import tokenize_example
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("ENGTABLENAME", "ENGFIELDNAME", "DEFTABLENAME", "DEFFIELDNAME")
-TEMPLATE = "Show me the {fields} from the {table} table"
-# Ordinary words that name no table or field (a test checks), for use_novel_names.
-NOVEL_WORDS = (
-    "hammer", "little", "sky", "river", "apple", "cloud", "garden", "window", "yellow", "happy",
-    "stone", "forest", "bread", "candle", "mountain", "ocean", "pencil", "tiger", "violin",
-    "winter", "silver", "rabbit", "lemon", "planet", "bridge", "quiet", "castle", "dragon",
-    "feather", "blanket",
-)
-# Candidates drawn per pair wanted before giving up: most are dropped by the token checks or by
+# Candidates drawn per pair wanted before giving up: many are dropped by the token checks or by
 # the model getting the clean prompt wrong.
-MAX_DRAWS_PER_PAIR = 50
-
+MAX_DRAWS_PER_PAIR = 20
 
 PAIRS_SCHEMA = pa.schema([
     ("pair_id", pa.int64()),
@@ -61,201 +42,122 @@ PAIRS_SCHEMA = pa.schema([
     ("corrupt_answer_id", pa.int32()),
     ("clean_word", pa.string()),
     ("corrupt_word", pa.string()),
+    ("token_roles", pa.list_(pa.string())),
     ("batch", pa.int64()),
 ])
 
 
 class Candidate(NamedTuple):
-    """A pair that passed the token checks; ids of the full clean example for the correctness check."""
-
-    clean_token_ids: list[int]  # prompt + answer up to, not including, the copying token
+    clean_token_ids: list[int]  # prompt + answer up to, not including, the first differing token
     corrupt_token_ids: list[int]
     clean_answer_id: int
     corrupt_answer_id: int
-    clean_word: str  # the swapped word as the prompt has it (a synonym, possibly)
+    clean_word: str  # what the task changed, or else the prompt tokens that differ, decoded
     corrupt_word: str
-    clean_prompt_ids: list[int]
-    clean_sql_ids: list[int]
+    token_roles: list[str]  # of the clean tokens kept
+    clean_prompt_ids: list[int]  # the whole clean example, for the correctness check
+    clean_answer_ids: list[int]
 
 
-def _texts(english_table: str, english_fields: list[str], table: str, fields: list[Field],
-           sql_table: str, sql_fields: list[Field]) -> tuple[str, str]:
-    """(prompt, sql) of one version of a pair; each part can name its own table and fields."""
-    field_list = "".join(s + w for s, w in zip(phrasing.list_separators(len(fields)), english_fields))
-    english = TEMPLATE.format(fields=field_list, table=english_table)
-    context = create_table_text(table, fields).text
-    return format_prompt(english, context), sql_text(sql_table, sql_fields, [""] * len(sql_fields), []).text
-
-
-def draw_versions(rng: random.Random, feature: str, num_fields: int, use_novel_names: bool,
-                  table_synonym_p: float, field_synonym_p: float):
-    """One random clean version and its corrupt version of ``feature``, as (prompt, sql) each;
-    (clean word, corrupt word) as the prompts have them; (clean, corrupt) word of the SQL."""
-    table = rng.choice(TABLE_NAMES)
-    fields = rng.sample(FIELDS, num_fields)
-    table_word = english_word(rng, table, TABLES[table], table_synonym_p)
-    field_words = [english_word(rng, f.name, f.synonyms, field_synonym_p) for f in fields]
-    clean = _texts(table_word, field_words, table, fields, table, fields)
-
-    on_table = feature.endswith("TABLENAME")
-    in_english = feature.startswith("ENG")
-    used = set(re.findall(r"\w+", "".join(clean)))
-    if use_novel_names:
-        corrupt_name = rng.choice([w for w in NOVEL_WORDS if w not in used])
-    else:
-        pool = TABLE_NAMES if on_table else tuple(FIELDS_BY_NAME)
-        corrupt_name = rng.choice([n for n in pool if n not in used])
-    clean_name = table if on_table else fields[0].name
-    clean_word = (table_word if on_table else field_words[0]) if in_english else clean_name
-    corrupt_word = corrupt_name
-    if in_english and clean_word != clean_name and not use_novel_names:
-        # The instruction named the clean table or field by a synonym: name the corrupt one so too.
-        synonyms = TABLES[corrupt_name] if on_table else FIELDS_BY_NAME[corrupt_name].synonyms
-        corrupt_word = rng.choice(synonyms)
-
-    # The corrupt SQL is what the corrupt prompt asks for: it names the corrupt table or field.
-    corrupt_table = corrupt_name if on_table else table
-    corrupt_fields = fields if on_table else [fields[0]._replace(name=corrupt_name)] + fields[1:]
-    if in_english:
-        corrupt = _texts(
-            corrupt_word if on_table else table_word,
-            field_words if on_table else [corrupt_word] + field_words[1:],
-            table, fields, corrupt_table, corrupt_fields,
+def tokenize_pair(tokenizer, row) -> Candidate | str:
+    """The token ids of one drawn pair, cut before the first differing answer token, or the
+    constraint it breaks (see the module's docstring)."""
+    clean_p, clean_a, roles = tokenize_example(
+        tokenizer, row.clean_prompt, row.clean_answer, getattr(row, "spans", None) or []
+    )
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    corrupt_p, corrupt_a = encode(row.corrupt_prompt), encode(row.corrupt_answer)
+    if len(clean_p) != len(corrupt_p):
+        return (
+            f"the corrupt prompt has {len(corrupt_p)} tokens, the clean one {len(clean_p)}: "
+            "they must be equally long"
         )
-    else:
-        corrupt = _texts(
-            table_word, field_words, corrupt_table, corrupt_fields, corrupt_table, corrupt_fields
-        )
-    return clean, corrupt, (clean_word, corrupt_word), (clean_name, corrupt_name)
-
-
-def _single_token(tokenizer, word: str) -> int | None:
-    ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-    return ids[0] if len(ids) == 1 else None
-
-
-def _only_difference(a: list[int], b: list[int]) -> int | None:
-    """The one position where equally long ``a`` and ``b`` differ, else None."""
-    if len(a) != len(b):
-        return None
-    diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
-    return diff[0] if len(diff) == 1 else None
-
-
-def tokenize_pair(tokenizer, clean, corrupt, words, answer_words) -> Candidate | None:
-    """Token ids of a pair cut before the copying token, or None when it breaks a constraint:
-    the swapped words and the answer words must each be one token, and swapping them must
-    change exactly that one token of the prompt and of the SQL."""
-    (clean_prompt, clean_sql), (corrupt_prompt, corrupt_sql) = clean, corrupt
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"]
-           for t in (clean_prompt, clean_sql, corrupt_prompt, corrupt_sql)]
-    clean_p, clean_a, corrupt_p, corrupt_a = ids
-    in_prompt, in_answer = _only_difference(clean_p, corrupt_p), _only_difference(clean_a, corrupt_a)
-    if in_prompt is None or in_answer is None:
-        return None
-    swapped = (_single_token(tokenizer, words[0]), _single_token(tokenizer, words[1]))
-    if (clean_p[in_prompt], corrupt_p[in_prompt]) != swapped:
-        return None
-    copied = (_single_token(tokenizer, answer_words[0]), _single_token(tokenizer, answer_words[1]))
-    if (clean_a[in_answer], corrupt_a[in_answer]) != copied:
-        return None
+    changed = [i for i, (a, b) in enumerate(zip(clean_p, corrupt_p)) if a != b]
+    if not changed:
+        return "the corrupt prompt tokenizes like the clean one"
+    cut = next((i for i, (a, b) in enumerate(zip(clean_a, corrupt_a)) if a != b), None)
+    if cut is None:
+        return "the corrupt answer starts with the whole clean answer"
     return Candidate(
-        clean_token_ids=clean_p + clean_a[:in_answer],
-        corrupt_token_ids=corrupt_p + corrupt_a[:in_answer],
-        clean_answer_id=clean_a[in_answer],
-        corrupt_answer_id=corrupt_a[in_answer],
-        clean_word=words[0],
-        corrupt_word=words[1],
+        clean_token_ids=clean_p + clean_a[:cut],
+        corrupt_token_ids=corrupt_p + corrupt_a[:cut],
+        clean_answer_id=clean_a[cut],
+        corrupt_answer_id=corrupt_a[cut],
+        clean_word=getattr(row, "clean_word", None) or tokenizer.decode([clean_p[i] for i in changed]).strip(),
+        corrupt_word=getattr(row, "corrupt_word", None) or tokenizer.decode([corrupt_p[i] for i in changed]).strip(),
+        token_roles=roles[: len(clean_p) + cut],
         clean_prompt_ids=clean_p,
-        clean_sql_ids=clean_a,
+        clean_answer_ids=clean_a,
     )
 
 
-def draw_candidates(tokenizer, feature: str, eap: dict) -> Iterator[Candidate | None]:
-    """Endless random draws seeded by ``eap.seed`` and the feature: a Candidate each, or None
-    for a draw that fails the token checks."""
-    rng = random.Random(f"{eap['seed']}/{feature}")
-    table_p = TABLE_SYNONYM_P if eap["use_synonyms_table"] else 0.0
-    field_p = FIELD_SYNONYM_P if eap["use_synonyms_field"] else 0.0
-    while True:
-        versions = draw_versions(
-            rng, feature, eap["num_fields"], eap["use_novel_names"], table_p, field_p
-        )
-        yield tokenize_pair(tokenizer, *versions)
-
-
-def make_pairs(model, tokenizer, feature: str, eap: dict, what: str) -> pd.DataFrame:
+def make_pairs(model, tokenizer, dataset: dict, feature: str, eap, what: str) -> pd.DataFrame:
     """``eap.batch_size × eap.n_batches`` pairs whose clean prompt ``model`` answers correctly,
-    in the order drawn from a generator seeded by ``eap.seed`` and the feature; ``what`` names
-    the model, command set and feature in errors."""
-    if feature not in FEATURES:
+    in the order the task draws them (seeded by ``eap.seed``); ``what`` names the job in errors."""
+    task = task_of(dataset)
+    if feature not in task.FEATURES:
         raise CircuitflowError(
-            f"{what}: unknown feature {feature!r}; expected one of {', '.join(FEATURES)}"
+            f"{what}: task {dataset['task']} has no feature {feature!r}; it has "
+            f"{', '.join(task.FEATURES)}"
         )
     needed = eap["batch_size"] * eap["n_batches"]
-    max_draws = MAX_DRAWS_PER_PAIR * needed
-    stream = draw_candidates(tokenizer, feature, eap)
+    drawn = task.pairs(dataset, feature, MAX_DRAWS_PER_PAIR * needed, eap["seed"])
+    candidates = [tokenize_pair(tokenizer, row) for row in drawn.itertuples()]
+    if task.PAIRS_GIVEN:
+        for row, candidate in zip(drawn["source_row"], candidates):
+            if isinstance(candidate, str):
+                raise CircuitflowError(f"{what}: the pair in row {row}: {candidate}")
+    valid = [c for c in candidates if isinstance(c, Candidate)]
     kept: list[Candidate] = []
-    drawn = valid = 0
-    while len(kept) < needed and drawn < max_draws:
-        chunk = []
-        while len(chunk) < needed and drawn < max_draws:
-            drawn += 1
-            candidate = next(stream)
-            if candidate is not None:
-                chunk.append(candidate)
-        valid += len(chunk)
-        # Correct means greedy decoding writes the whole clean SQL, then stops.
+    for start in range(0, len(valid), needed):
+        chunk = valid[start : start + needed]
+        # Correct means greedy decoding writes the whole clean answer, then stops.
         wrong = first_wrong_positions(
-            model, [c.clean_prompt_ids for c in chunk], [c.clean_sql_ids for c in chunk],
+            model, [c.clean_prompt_ids for c in chunk], [c.clean_answer_ids for c in chunk],
             tokenizer.eos_token_id, eap["batch_size"],
         )
         kept += [c for c, w in zip(chunk, wrong) if w is None]
+        if len(kept) >= needed:
+            break
     log.info(
-        "%s: %d draws, %d passed the token checks, %d answered correctly",
-        what, drawn, valid, len(kept),
+        "%s: %d drawn, %d passed the token checks, %d answered correctly",
+        what, len(drawn), len(valid), len(kept),
     )
     if len(kept) < needed:
-        # The built-in model's tokenizer, trained on TinySQL text only, splits every novel word.
-        split = (
-            "the novel words (eap.use_novel_names)" if eap["use_novel_names"]
-            else "table and field names"
-        )
         hint = (
-            f"This tokenizer splits {split} into several tokens."
-            if valid == 0 else
-            "Lower eap.batch_size or eap.n_batches, or use a model trained for this command set."
+            "This tokenizer splits the changed words into a different number of tokens."
+            if not valid else
+            "Lower eap.batch_size or eap.n_batches, or use a model trained on this dataset."
         )
         raise CircuitflowError(
             f"{what}: found only {len(kept)} of the {needed} pairs needed (eap.batch_size x "
-            f"eap.n_batches) in {drawn} random draws: {valid} passed the token checks (swapped "
-            f"words single tokens, equal lengths) and the model answered {len(kept)} of their "
-            f"clean prompts correctly. {hint}"
+            f"eap.n_batches) in {len(drawn)} draws: {len(valid)} passed the token checks "
+            f"(prompts of equal length, answers that differ) and the model answered "
+            f"{len(kept)} of their clean prompts correctly. {hint}"
         )
-    kept = kept[:needed]
-    return pd.DataFrame(
-        [
-            {
-                "pair_id": i,
-                "clean_prompt": tokenizer.decode(c.clean_token_ids),
-                "corrupt_prompt": tokenizer.decode(c.corrupt_token_ids),
-                "clean_token_ids": c.clean_token_ids,
-                "corrupt_token_ids": c.corrupt_token_ids,
-                "clean_answer_id": c.clean_answer_id,
-                "corrupt_answer_id": c.corrupt_answer_id,
-                "clean_word": c.clean_word,
-                "corrupt_word": c.corrupt_word,
-                "batch": i // eap["batch_size"],
-            }
-            for i, c in enumerate(kept)
-        ],
-        columns=PAIRS_SCHEMA.names,
-    )
+    rows = []
+    for i, c in enumerate(kept[:needed]):
+        rows.append({
+            "pair_id": i,
+            "clean_prompt": tokenizer.decode(c.clean_token_ids),
+            "corrupt_prompt": tokenizer.decode(c.corrupt_token_ids),
+            **{k: getattr(c, k) for k in PAIRS_SCHEMA.names if hasattr(c, k)},
+            "batch": i // eap["batch_size"],
+        })
+    return pd.DataFrame(rows, columns=PAIRS_SCHEMA.names)
 
 
-def run_stage(params: dict, out: str) -> None:
+def run_stage(params, out: str) -> None:
     loaded = load_model(params["model"], resolve_device(params["device"]))
-    what = f"{loaded.name}, command set {params['command_set']}, feature {params['feature']}"
-    pairs = make_pairs(loaded.model, loaded.tokenizer, params["feature"], params["eap"], what)
+    dataset = params["dataset"]
+    what = f"{loaded.name}, dataset {dataset['name']}, feature {params['feature']}"
+    pairs = make_pairs(loaded.model, loaded.tokenizer, dataset, params["feature"], params["eap"], what)
     log.info("%s: %d pairs in %d batches", what, len(pairs), params["eap"]["n_batches"])
     write_table(pairs, out, schema=PAIRS_SCHEMA)
+
+
+STAGE = Stage(
+    "corrupt-pairs", run_stage, (), ("out",),
+    reads=("model", "device", "dataset", "eap.seed", "eap.batch_size", "eap.n_batches"),
+    job=("feature",),
+)

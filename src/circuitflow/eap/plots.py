@@ -9,8 +9,6 @@ wide as its |score|.
 
 from __future__ import annotations
 
-import re
-
 import matplotlib.pyplot as plt
 import pandas as pd
 import plotly.graph_objects as go
@@ -19,36 +17,29 @@ from matplotlib.patches import FancyBboxPatch, PathPatch
 from matplotlib.path import Path
 from matplotlib.ticker import ScalarFormatter
 
+from circuitflow import nodes
 from circuitflow.outputs import atomic_path, save_figure
 from circuitflow.tables import read_table
+from circuitflow.stage import Stage
 
 POSITIVE = "rgba(31, 78, 216, 0.45)"
 NEGATIVE = "rgba(214, 39, 40, 0.45)"
 TOP_EDGE_COLUMNS = ["upstream", "downstream", "score", "rank", "in_top_every_batch"]
 FAITHFULNESS_COLUMNS = ["circuit_size", "faithfulness"]
 
-# Heads l0.h3, receivers l0.h3.q (and .k/.v), or, under grouped-query attention, the shared
-# key/value receivers l0.kv1.k and l0.kv1.v; MLPs l0.mlp.
-_COMPONENT = re.compile(r"l(\d+)\.(?:(h|kv)(\d+)(?:\.([qkv]))?|mlp)")
-
 
 def node_position(name: str) -> tuple[float, tuple]:
-    """(column, order within the column) of a node or receiver name.
+    """(column, order within the column) of a node or receiver name (``circuitflow.nodes``).
 
     Layer l's heads come before its MLP, which reads them; a head's receivers share the head's
     column, listed after it (shared key/value receivers after all heads).
     """
-    if name == "input":
-        return 0, ()
-    if name == "logits":
-        return float("inf"), ()
-    match = _COMPONENT.fullmatch(name)
-    if not match:
-        raise ValueError(f"unexpected EAP node name {name!r}")
-    layer, kind, index, receiver = match.groups()
-    if kind is None:
-        return 2 * int(layer) + 2, ()
-    return 2 * int(layer) + 1, (kind == "kv", int(index), receiver or "")
+    node = nodes.parse(name)
+    if node.layer is None:
+        column = 0 if name == nodes.INPUT else float("inf")
+    else:
+        column = 2 * node.layer + (2 if node.is_mlp else 1)
+    return column, nodes.sort_key(name)
 
 
 def layout(edges: pd.DataFrame) -> dict[str, tuple[int, int, int]]:
@@ -187,10 +178,16 @@ def run_stage(
 ) -> None:
     edges = read_table(top_edges, columns=TOP_EDGE_COLUMNS)
     curve = read_table(faithfulness, columns=FAITHFULNESS_COLUMNS)
-    about = f"{params['model_name']} / {params['command_set']} / {params['feature']}"
+    about = f"{params['model']} / {params['dataset']} / {params['feature']}"
     dpi = params["plots"]["dpi"]
     with atomic_path(sankey_html) as tmp:
         # The plotly library is embedded so the page opens without network access.
         sankey_figure(edges, f"EAP top edges: {about}").write_html(tmp, include_plotlyjs=True)
     save_figure(sankey_png_figure(edges, f"EAP top edges: {about}"), sankey_png, dpi=dpi)
     save_figure(faithfulness_figure(curve, f"Circuit faithfulness: {about}"), faithfulness_png, dpi=dpi)
+
+
+STAGE = Stage(
+    "eap-plots", run_stage, ("top_edges", "faithfulness"), ("sankey_html", "sankey_png", "faithfulness_png"),
+    reads=("plots",), job=("model", "dataset", "feature"),
+)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import errors as hub_errors
+from safetensors import SafetensorError, safe_open
 from transformers import (
     MODEL_FOR_CAUSAL_LM_MAPPING,
     AutoConfig,
@@ -92,6 +93,8 @@ def load_pretrained(
             name_or_path, config=config, dtype=torch.float32, output_loading_info=True, **hub_kwargs
         )
         tokenizer = _load_tokenizer(name, name_or_path, hub_kwargs)
+    except SafetensorError as err:
+        raise _corrupt_weights(name, name_or_path, hub_kwargs, err) from err
     except (OSError, ValueError, RuntimeError) as err:
         raise _explain(name, name_or_path, err) from err
     # Missing weights would be left at their random initialisation without failing.
@@ -115,18 +118,55 @@ def _load_tokenizer(name: str, name_or_path: str, hub_kwargs: dict) -> PreTraine
     changing the token ids; the generic fast class keeps tokenizer.json as it is. Without a
     tokenizer.json, AutoTokenizer converts the vocabulary files with the model's own class.
     """
-    # cached_file returns None for a file the directory or repository lacks.
-    has_tokenizer_json = cached_file(
-        name_or_path, "tokenizer.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs
-    )
-    loader = PreTrainedTokenizerFast if has_tokenizer_json else AutoTokenizer
-    tokenizer = loader.from_pretrained(name_or_path, **hub_kwargs)
+    if _has_file(name_or_path, "tokenizer.json", hub_kwargs):
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(name_or_path, **hub_kwargs)
+    else:
+        tokenizer = _tokenizer_from_vocabulary_files(name, name_or_path, hub_kwargs)
     if not tokenizer.is_fast:
         raise ModelLoadError(
             f"{name}: the tokenizer loads only as the slow class {type(tokenizer).__name__}; token "
             "offsets need a fast tokenizer: save one with tokenizer.json alongside the model"
         )
     return tokenizer
+
+
+def _tokenizer_from_vocabulary_files(
+    name: str, name_or_path: str, hub_kwargs: dict
+) -> PreTrainedTokenizerFast:
+    """The tokenizer the model's own class builds from its vocabulary files (vocab.json and
+    merges.txt, tokenizer.model, ...). Without them transformers builds an empty tokenizer that
+    fails only later, deep in the model, on the first id it does not know."""
+    if Path(name_or_path).is_dir():
+        advice = f"copy the tokenizer files saved with the model into {name_or_path}"
+    else:
+        advice = "use a repository that ships them, or download the model and add them locally"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
+    except ValueError as err:
+        raise ModelLoadError(
+            f"{name}: no tokenizer: tokenizer.json is missing and the other files build none "
+            f"({_one_line(err)}); {advice}"
+        ) from err
+    needed = [
+        file for key, file in tokenizer.vocab_files_names.items()
+        if key not in ("tokenizer_file", "tokenizer_config_file")
+    ]
+    missing = [file for file in needed if not _has_file(name_or_path, file, hub_kwargs)]
+    if missing:
+        raise ModelLoadError(
+            f"{name}: no tokenizer: tokenizer.json is missing, and so "
+            f"{'is' if len(missing) == 1 else 'are'} {' and '.join(missing)}, which "
+            f"{type(tokenizer).__name__} would build one from; {advice}"
+        )
+    return tokenizer
+
+
+def _has_file(name_or_path: str, file: str, hub_kwargs: dict) -> bool:
+    # cached_file returns None for a file the directory or repository lacks.
+    found = cached_file(
+        name_or_path, file, _raise_exceptions_for_missing_entries=False, **hub_kwargs
+    )
+    return found is not None
 
 
 def _complete_special_tokens(name: str, model: PreTrainedModel, tokenizer) -> None:
@@ -156,6 +196,14 @@ def _check_vocabulary(name: str, model: PreTrainedModel, tokenizer) -> None:
     output = model.get_output_embeddings()
     if output is not None:
         rows = min(rows, output.weight.shape[0])
+    # Padding adds a few percent of rows at most; a tokenizer with a tenth of them has lost its
+    # vocabulary (a tokenizer.json saved without its model, say), and most ids are unreachable.
+    if len(tokenizer) * 10 < rows:
+        raise ModelLoadError(
+            f"{name}: the tokenizer has only {len(tokenizer)} tokens for the model's {rows} "
+            "embedding rows; its tokenizer files are incomplete: copy the tokenizer files saved "
+            "with the model (tokenizer.json, or its vocabulary files) into the model directory"
+        )
     if len(tokenizer) > rows:
         raise ModelLoadError(
             f"{name}: the tokenizer has {len(tokenizer)} tokens but the model has only {rows} "
@@ -170,6 +218,29 @@ _HUB_ERRORS = (
     hub_errors.LocalEntryNotFoundError,
     hub_errors.HFValidationError,
 )
+
+
+def _corrupt_weights(
+    name: str, name_or_path: str, hub_kwargs: dict, err: SafetensorError
+) -> ModelLoadError:
+    """Name the weights file safetensors could not read (its error names none)."""
+    folder = Path(cached_file(name_or_path, "config.json", **hub_kwargs)).parent
+    unreadable = []
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError:
+            unreadable.append(str(path))
+    files = ", ".join(unreadable) or f"a .safetensors file in {folder}"
+    return ModelLoadError(
+        f"{name}: weights file {files} is truncated or corrupt ({_one_line(err)}); "
+        "replace it with a complete copy (copy or download the model again)"
+    )
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
 
 
 def _explain(name: str, name_or_path: str, err: Exception) -> ModelLoadError:
@@ -200,4 +271,6 @@ def _explain(name: str, name_or_path: str, err: Exception) -> ModelLoadError:
             "check that it holds a complete model (config.json, matching weights, tokenizer "
             "files) saved with save_pretrained"
         )
-    return ModelLoadError(f"{name}: could not load: {advice}. ({type(err).__name__}: {err})")
+    return ModelLoadError(
+        f"{name}: could not load: {advice}. ({type(err).__name__}: {_one_line(err)})"
+    )

@@ -1,13 +1,18 @@
-"""Train the built-in TinySQL model: a small GPT-2 trained from scratch on generated CS1-CS3.
+"""Stage train-model: a built-in model, a small GPT-2 trained from scratch on its datasets.
 
-Token layout (docs/design.md): prompt ids + answer ids, tokenized separately without special
-tokens, then EOS. The loss covers only the answer and the EOS, as in TinySQL fine-tuning.
+Every task trains through this one trainer: the task draws the examples and makes the
+tokenizer; the recipe (``circuitflow.rules.model_recipe``) merges the ``training`` section, the
+task's architecture defaults and the model entry's own ``training`` keys. Token layout
+(docs/design.md): prompt ids + answer ids, tokenized separately without special tokens, then
+EOS. The loss covers only the answer and the EOS, as in TinySQL fine-tuning. An attention-only
+model (``attn_only``) keeps its MLPs at zero: their weights start at zero and never train.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import zlib
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,12 +23,12 @@ from transformers import GPT2Config, GPT2LMHeadModel, get_cosine_schedule_with_w
 
 from circuitflow.batching import right_padded
 from circuitflow.clean import first_wrong_positions
-from circuitflow.data.examples import COMMAND_SETS, generate_examples
 from circuitflow.device import resolve_device
 from circuitflow.errors import ConfigError
-from circuitflow.models.tokenizer import train_tokenizer
 from circuitflow.outputs import atomic_path, save_figure
+from circuitflow.stage import Stage
 from circuitflow.tables import write_table
+from circuitflow.tasks import task_of
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +37,8 @@ IGNORE = -100  # label value cross_entropy skips
 TRAIN_STREAM, EVAL_STREAM = 1, 2
 
 
-def derived_seed(seed: int, stream: int, command_set: str) -> int:
-    entropy = [seed, stream, COMMAND_SETS.index(command_set)]
+def derived_seed(seed: int, stream: int, dataset: str) -> int:
+    entropy = [seed, stream, zlib.crc32(dataset.encode())]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
@@ -46,16 +51,9 @@ def build_example(
     return input_ids, labels
 
 
-def _generate(settings: dict, command_set: str, n_examples: int, stream: int) -> pd.DataFrame:
-    return generate_examples(
-        command_set,
-        n_examples=n_examples,
-        seed=derived_seed(settings["seed"], stream, command_set),
-        min_cols=settings["min_cols"],
-        max_cols=settings["max_cols"],
-        use_synonyms_table=settings["use_synonyms_table"],
-        use_synonyms_field=settings["use_synonyms_field"],
-    )
+def _generate(datasets: dict, name: str, n_examples: int, seed: int, stream: int) -> pd.DataFrame:
+    entry = datasets[name]
+    return task_of(entry).examples(entry, n_examples, derived_seed(seed, stream, name))
 
 
 def _tokenize(tokenizer, texts) -> list[list[int]]:
@@ -89,17 +87,17 @@ def answer_loss(
 def _heldout_accuracy(
     model, heldout: dict, eos_id: int, batch_size: int
 ) -> dict[str, tuple[int, int]]:
-    """(n_examples, n_correct) per command set: greedy decoding reproduces the SQL, then EOS."""
+    """(n_examples, n_correct) per dataset: greedy decoding reproduces the answer, then EOS."""
     model.eval()
     results = {}
-    for command_set, (prompt_ids, answer_ids) in heldout.items():
+    for name, (prompt_ids, answer_ids) in heldout.items():
         wrong = first_wrong_positions(model, prompt_ids, answer_ids, eos_id, batch_size)
-        results[command_set] = (len(wrong), sum(pos is None for pos in wrong))
+        results[name] = (len(wrong), sum(pos is None for pos in wrong))
     model.train()
     return results
 
 
-def _plot_curve(curve: pd.DataFrame, command_sets: list[str], plot_path) -> None:
+def _plot_curve(curve: pd.DataFrame, datasets: list[str], model_name: str, plot_path) -> None:
     fig, (loss_ax, acc_ax) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     loss_ax.plot(curve["step"], curve["loss"], linewidth=0.6, color="tab:gray", label="per step")
     smooth = curve["loss"].rolling(50, min_periods=1).mean()
@@ -107,13 +105,10 @@ def _plot_curve(curve: pd.DataFrame, command_sets: list[str], plot_path) -> None
     loss_ax.set_yscale("log")
     loss_ax.set_ylabel("training loss (answer tokens, log)")
     loss_ax.legend()
-    loss_ax.set_title("Built-in TinySQL model: training curve")
-    for command_set in command_sets:
-        points = curve.dropna(subset=[f"accuracy_{command_set}"])
-        acc_ax.plot(
-            points["step"], 100 * points[f"accuracy_{command_set}"],
-            marker="o", label=command_set.upper(),
-        )
+    loss_ax.set_title(f"Built-in model {model_name}: training curve")
+    for name in datasets:
+        points = curve.dropna(subset=[f"accuracy_{name}"])
+        acc_ax.plot(points["step"], 100 * points[f"accuracy_{name}"], marker="o", label=name)
     acc_ax.set_ylim(0, 102)  # room for markers at 100%
     acc_ax.set_xlabel("training step")
     acc_ax.set_ylabel("held-out exact match (%)")
@@ -121,20 +116,29 @@ def _plot_curve(curve: pd.DataFrame, command_sets: list[str], plot_path) -> None
     save_figure(fig, plot_path)
 
 
-def run_stage(params: dict, model, curve, plot, heldout) -> None:
-    settings = params["training"]
-    device = resolve_device(params.get("device", "auto"))
+def attention_only(net: GPT2LMHeadModel) -> None:
+    """Zero every MLP and keep it so: a zero output projection makes the MLP's output zero."""
+    for block in net.transformer.h:
+        for parameter in block.mlp.parameters():
+            parameter.data.zero_()
+            parameter.requires_grad_(False)
+
+
+def run_stage(params, model, curve, plot, heldout) -> None:
+    recipe = params["recipe"]
+    settings, datasets = recipe["training"], recipe["datasets"]
+    device = resolve_device(params["device"])
     torch.manual_seed(settings["seed"])
     started = time.monotonic()
 
-    command_sets = settings["command_sets"]
+    names = list(datasets)
     train = {
-        cs: _generate(settings, cs, settings["n_train_examples"], TRAIN_STREAM)
-        for cs in command_sets
+        name: _generate(datasets, name, settings["n_train_examples"], settings["seed"], TRAIN_STREAM)
+        for name in names
     }
-    # Prompt and SQL are tokenized apart (docs/design.md), so the tokenizer learns them apart.
-    tokenizer = train_tokenizer(
-        [text for df in train.values() for text in (*df["prompt"], *df["sql"])],
+    # Prompt and answer are tokenized apart (docs/design.md), so the tokenizer learns them apart.
+    tokenizer = task_of(datasets[names[0]]).tokenizer(
+        datasets[names[0]], [text for df in train.values() for text in (*df["prompt"], *df["answer"])],
         settings["vocab_size"],
     )
     eos_id = tokenizer.eos_token_id
@@ -143,20 +147,20 @@ def run_stage(params: dict, model, curve, plot, heldout) -> None:
     for df in train.values():
         examples += [
             build_example(p, a, eos_id)
-            for p, a in zip(_tokenize(tokenizer, df["prompt"]), _tokenize(tokenizer, df["sql"]))
+            for p, a in zip(_tokenize(tokenizer, df["prompt"]), _tokenize(tokenizer, df["answer"]))
         ]
     longest = max(len(ids) for ids, _ in examples)
     if longest > settings["n_ctx"]:
         raise ConfigError(
-            f"config key 'training.n_ctx': {settings['n_ctx']} is shorter than the longest "
-            f"training example ({longest} tokens)"
+            f"config key 'training.n_ctx' of model {params['model']}: {settings['n_ctx']} "
+            f"is shorter than the longest training example ({longest} tokens)"
         )
 
     heldout_ids = {}
-    for cs in command_sets:
-        df = _generate(settings, cs, settings["n_eval_examples"], EVAL_STREAM)
-        df = df[~df["prompt"].isin(set(train[cs]["prompt"]))]  # held out means unseen
-        heldout_ids[cs] = (_tokenize(tokenizer, df["prompt"]), _tokenize(tokenizer, df["sql"]))
+    for name in names:
+        df = _generate(datasets, name, settings["n_eval_examples"], settings["seed"], EVAL_STREAM)
+        df = df[~df["prompt"].isin(set(train[name]["prompt"]))]  # held out means unseen
+        heldout_ids[name] = (_tokenize(tokenizer, df["prompt"]), _tokenize(tokenizer, df["answer"]))
     log.info(
         "data: %d training examples, tokenizer of %d tokens (%.0f s)",
         len(examples), len(tokenizer), time.monotonic() - started,
@@ -179,16 +183,18 @@ def run_stage(params: dict, model, curve, plot, heldout) -> None:
         pad_token_id=tokenizer.pad_token_id,
     )
     net = GPT2LMHeadModel(config).to(device)
+    if settings["attn_only"]:
+        attention_only(net)
     net.train()
     log.info("model: %d parameters on %s", net.num_parameters(), device)
 
     optimizer = torch.optim.AdamW(
-        net.parameters(), lr=settings["learning_rate"], betas=(0.9, 0.98),
-        weight_decay=settings["weight_decay"],
+        [p for p in net.parameters() if p.requires_grad], lr=settings["learning_rate"],
+        betas=(0.9, 0.98), weight_decay=settings["weight_decay"],
     )
     max_steps = settings["max_steps"]
     schedule = get_cosine_schedule_with_warmup(optimizer, settings["warmup_steps"], max_steps)
-    # Batches drawn at random, not grouped by length: length tracks the command set, and
+    # Batches drawn at random, not grouped by length: length tracks the dataset, and
     # single-command-set batches learned CS2/CS3 markedly slower in tuning.
     order = torch.Generator().manual_seed(settings["seed"])
     batch_size = settings["batch_size"]
@@ -207,10 +213,10 @@ def run_stage(params: dict, model, curve, plot, heldout) -> None:
         if step % settings["eval_every"] and step < max_steps:
             continue
         accuracy = _heldout_accuracy(net, heldout_ids, eos_id, batch_size)
-        rows[-1].update({f"accuracy_{cs}": n_ok / n for cs, (n, n_ok) in accuracy.items()})
+        rows[-1].update({f"accuracy_{name}": n_ok / n for name, (n, n_ok) in accuracy.items()})
         log.info(
             "step %d/%d loss %.4f held-out exact match: %s (%.0f s)", step, max_steps, loss.item(),
-            ", ".join(f"{cs} {100 * n_ok / n:.1f}%" for cs, (n, n_ok) in accuracy.items()),
+            ", ".join(f"{name} {100 * n_ok / n:.1f}%" for name, (n, n_ok) in accuracy.items()),
             time.monotonic() - started,
         )
         if min(n_ok / n for n, n_ok in accuracy.values()) >= settings["early_stop_accuracy"]:
@@ -220,13 +226,11 @@ def run_stage(params: dict, model, curve, plot, heldout) -> None:
             )
             break
 
-    curve_df = pd.DataFrame(
-        rows, columns=["step", "loss", *(f"accuracy_{cs}" for cs in command_sets)]
-    )
+    curve_df = pd.DataFrame(rows, columns=["step", "loss", *(f"accuracy_{n}" for n in names)])
     heldout_df = pd.DataFrame(
         [
-            {"command_set": cs, "n_examples": n, "n_correct": n_ok, "accuracy": n_ok / n}
-            for cs, (n, n_ok) in accuracy.items()
+            {"dataset": name, "n_examples": n, "n_correct": n_ok, "accuracy": n_ok / n}
+            for name, (n, n_ok) in accuracy.items()
         ]
     )
     # All four outputs appear together or not at all; the model directory, which later stages
@@ -241,5 +245,11 @@ def run_stage(params: dict, model, curve, plot, heldout) -> None:
         tokenizer.save_pretrained(model_tmp)
         write_table(curve_df, curve_tmp)
         write_table(heldout_df, heldout_tmp)
-        _plot_curve(curve_df, command_sets, plot_tmp)
+        _plot_curve(curve_df, names, params["model"], plot_tmp)
     log.info("trained in %.0f s, %d steps", time.monotonic() - started, step)
+
+
+STAGE = Stage(
+    "train-model", run_stage, (), ("model", "curve", "plot", "heldout"),
+    reads=("recipe", "device"), job=("model",),
+)

@@ -1,0 +1,63 @@
+# What the weights say (QK and OV circuits) and what each component adds to the answer (DLA).
+
+
+rule weight_circuits:
+    input:
+        unpack(stage_input("weight-circuits", clean=rules.clean_accuracy.output.out)),
+    output:
+        table="results/{model}/{dataset}/circuits/weight_circuits.parquet",
+        qk_plot=report(
+            "results/{model}/{dataset}/circuits/qk_circuits.png",
+            caption="../report/qk_circuits.rst", category="Weight circuits",
+            subcategory="{model} {dataset}", labels={"figure": "QK circuits"},
+        ),
+        ov_plot=report(
+            "results/{model}/{dataset}/circuits/ov_circuits.png",
+            caption="../report/ov_circuits.rst", category="Weight circuits",
+            subcategory="{model} {dataset}", labels={"figure": "OV circuits"},
+        ),
+        page=report(
+            "results/{model}/{dataset}/circuits/weight_circuits.html",
+            caption="../report/weight_circuits_page.rst", category="Weight circuits",
+            subcategory="{model} {dataset}", labels={"figure": "QK and OV (interactive)"},
+        ),
+    params:
+        settings=stage_params("weight-circuits"),
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/weight_circuits/{model}_{dataset}.log",
+    benchmark:
+        "results/benchmarks/weight_circuits/{model}_{dataset}.tsv"
+    shell:
+        stage_command("weight-circuits")
+
+
+rule logit_attribution:
+    input:
+        unpack(stage_input("logit-attribution", clean=rules.clean_accuracy.output.out)),
+    output:
+        table="results/{model}/{dataset}/circuits/logit_attribution.parquet",
+        plot=report(
+            "results/{model}/{dataset}/circuits/logit_attribution.png",
+            caption="../report/logit_attribution.rst", category="Weight circuits",
+            subcategory="{model} {dataset}", labels={"figure": "Direct logit attribution"},
+        ),
+        page=report(
+            "results/{model}/{dataset}/circuits/logit_attribution.html",
+            caption="../report/logit_attribution_page.rst", category="Weight circuits",
+            subcategory="{model} {dataset}",
+            labels={"figure": "Direct logit attribution per example (interactive)"},
+        ),
+    params:
+        settings=stage_params("logit-attribution"),
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/logit_attribution/{model}_{dataset}.log",
+    benchmark:
+        "results/benchmarks/logit_attribution/{model}_{dataset}.tsv"
+    shell:
+        stage_command("logit-attribution")
