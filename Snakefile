@@ -10,6 +10,7 @@ include: "workflow/rules/eap.smk"
 include: "workflow/rules/ablation.smk"
 include: "workflow/rules/circuits.smk"
 include: "workflow/rules/pca.smk"
+include: "workflow/rules/pruning.smk"
 include: "workflow/rules/summary.smk"
 
 

@@ -3,6 +3,7 @@ intervention), on the same examples, checking that both reach the same decisions
 
     python bench/ablation_bench.py            # CPU, a random model shaped like the built-in one
     python bench/ablation_bench.py --bm1      # a random BM1-sized GPT-Neo (meant for a GPU)
+    python bench/ablation_bench.py --n-examples 3 --sample 150   # a quick check (seconds)
 
 The notebook's method is timed on a random sample of the interventions (all of them would take
 hours) and extrapolated; its decisions on that sample must equal the engine's. Examples are
@@ -23,8 +24,10 @@ import torch
 from nnsight.modeling.transformers import TransformersModel
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoConfig
 
+from circuitflow import nodes
 from circuitflow.ablation.engine import AblationEngine
 from circuitflow.ablation.examples import make_examples
+from circuitflow.ablation.replacement import mean
 from circuitflow.models.tokenizer import train_tokenizer
 
 # Dense float32 peak without tensor cores (the engine runs strict float32), TFLOP/s.
@@ -80,7 +83,8 @@ def greedy(model, prompt, n_new):
 def notebook_decision(traced, model, layout, tokens, n_prompt, layer, head, p, value) -> bool:
     """The notebook's way: generate from the prompt extended to cover p, with the node replaced
     at p in the first (whole-prompt) forward pass; failed when the output is not the answer.
-    Unlike the notebook, the node is the head's slice of the output projection's input."""
+    Unlike the notebook, the node is the head's slice of the output projection's input; head
+    is None for the MLP."""
     start = max(n_prompt, p + 1)
     ids = torch.tensor([tokens[:start]], device=model.device)
     d = layout.d_head
@@ -88,7 +92,7 @@ def notebook_decision(traced, model, layout, tokens, n_prompt, layer, head, p, v
         ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(tokens) - start,
         do_sample=False, num_beams=1, eos_token_id=model.config.vocab_size + 1, pad_token_id=0,
     ) as tracer:
-        if head >= 0:
+        if head is not None:
             traced.get(layout.head_input(layer)).input[:, p, head * d:(head + 1) * d] = value
         else:
             traced.get(layout.mlp_output(layer)).output[:, p] = value
@@ -106,7 +110,7 @@ def engine_flops(model, examples, result, layers) -> float:
     per_layer = sum(p.numel() for n, p in model.named_parameters() if ".h.0." in n)
     lengths = examples.lengths.numpy()[result.example]
     n_prompt = examples.n_prompt.numpy()[result.example]
-    p, l = result.position, layers[result.node]
+    p, l = result.position, layers[result.node_set]
     first_checked = np.maximum(n_prompt - 1, p)
     checked = lengths - 1 - first_checked
     # Last-layer nodes before the answer are decided without running.
@@ -138,7 +142,8 @@ def main() -> None:
         torch.cuda.synchronize()
     start = time.perf_counter()
     engine = AblationEngine(model, tokenizer, examples, args.batch_size, show_progress=False)
-    result = engine.ablate_nodes("mean")
+    replacement = mean(engine)
+    result = engine.ablate_each_node(replacement)
     if args.device == "cuda":
         torch.cuda.synchronize()
     engine_s = time.perf_counter() - start
@@ -146,8 +151,9 @@ def main() -> None:
 
     # The notebook's method on a sample of the same interventions.
     traced = TransformersModel(model, tokenizer=tokenizer)
-    sources = engine.replacement_sources("mean", 0)
-    layers, heads = engine.nodes()
+    parsed = [nodes.parse(name) for name in engine.node_names]
+    layers = np.array([node.layer for node in parsed])
+    heads = [node.head for node in parsed]
     rng = np.random.default_rng(0)
     sample = rng.choice(len(result.failed), min(args.sample, len(result.failed)), replace=False)
     tokens = [examples.tokens[e, : examples.lengths[e]].tolist() for e in range(len(examples))]
@@ -155,8 +161,10 @@ def main() -> None:
     start = time.perf_counter()
     for i in sample:
         e, p = result.example[i], int(result.position[i])
-        l, h = layers[result.node[i]], heads[result.node[i]]
-        value = sources.heads[l][0, p, h] if h >= 0 else sources.mlps[l][0, p]
+        l, h = int(layers[result.node_set[i]]), heads[result.node_set[i]]
+        donor = int(replacement.donor[e, p])
+        value = (replacement.heads[l][donor, p, h] if h is not None
+                 else replacement.mlps[l][donor, p])
         failed = notebook_decision(
             traced, model, engine.layout, tokens[e], int(examples.n_prompt[e]), l, h, p, value
         )
@@ -164,7 +172,7 @@ def main() -> None:
     notebook_per_intervention = (time.perf_counter() - start) / len(sample)
     notebook_s = notebook_per_intervention * len(result.failed)
 
-    last = layers[result.node] == layers.max()
+    last = layers[result.node_set] == layers.max()
     decided = last & (result.position < examples.n_prompt.numpy()[result.example] - 1)
     flops = engine_flops(model, examples, result, layers)
     report = {

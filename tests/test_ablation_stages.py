@@ -7,11 +7,12 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-from test_ablation_engine import own_continuations, peaky_model  # noqa: F401
+from test_ablation_engine import own_continuations, peaky_model
 from transformers import AutoTokenizer
 
 from circuitflow.ablation import nodes, plots, positions, useful
 from circuitflow.clean import CLEAN_SCHEMA
+from circuitflow.cli import main
 from circuitflow.errors import ConfigError
 from circuitflow.stage import Params
 from circuitflow.tables import write_table
@@ -249,3 +250,23 @@ def test_resample_with_one_example_is_a_config_error(stage_outputs, tmp_path, n_
     assert "ablation.n_examples" in message and "mean or zero" in message
     assert ("is 1" if n_examples == 1 else "only one example") in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.parquet"]
+
+
+def test_truncated_useful_nodes_is_a_one_line_error(stage_outputs, tmp_path, capsys):
+    _, out = stage_outputs
+    truncated = tmp_path / "useful_nodes.json"
+    truncated.write_text(out["useful_nodes.json"].read_text()[:40])
+    plots_dir = tmp_path / "plots"
+    plots_dir.mkdir()
+    with pytest.raises(SystemExit) as exit:
+        main([
+            "ablation-plots", f"nodes={out['node_ablation.parquet']}",
+            f"positions={out['position_summary.parquet']}", f"useful={truncated}",
+            *(f"{name}={plots_dir / name}" for name in plots.STAGE.outputs),
+            "--params", json.dumps({"plots": {"dpi": 50}, "model": "tiny", "dataset": "cs1"}),
+        ])
+    assert exit.value.code == 1
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and message.startswith("circuitflow ablation-plots: error: ")
+    assert str(truncated) in message and "not valid JSON" in message
+    assert list(plots_dir.iterdir()) == []

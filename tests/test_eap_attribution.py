@@ -19,6 +19,7 @@ from circuitflow.eap.attribution import attribute, run_stage, top_edge_table
 from circuitflow.eap.batches import PairBatch, logit_diff
 from circuitflow.eap.bridge import EdgeModel
 from circuitflow.eap.graph import Graph
+from circuitflow.stage import Params
 from circuitflow.tables import read_table, write_table
 from conftest import ARCHITECTURES
 
@@ -217,12 +218,12 @@ def write_pairs(path, seed=0, batches=2, rows=3, vocab=300):
 
 
 def eap_params(directory, method="eap", top_n=5):
-    return {
-        "model": {"source": "local", "path": str(directory)}, "device": "cpu",
-        "command_set": "cs1", "feature": "ENGTABLENAME",
-        "eap": {"method": method, "ig_steps": 3, "top_n": top_n, "batch_size": 3, "num_fields": 2,
-                "use_novel_names": False, "use_synonyms_table": False, "use_synonyms_field": False},
-    }
+    """The params the workflow gives the eap stage: ``ig_steps`` only under eap-ig."""
+    eap = {"method": method, "top_n": top_n, **({"ig_steps": 3} if method == "eap-ig" else {})}
+    return Params("eap", {
+        "model": {"source": "local", "path": str(directory), "name": "tiny"}, "device": "cpu",
+        "dataset": "cs1", "feature": "ENGTABLENAME", "eap": eap,
+    })
 
 
 def test_run_stage_outputs(tiny_model_dir, tmp_path):
@@ -243,11 +244,27 @@ def test_run_stage_outputs(tiny_model_dir, tmp_path):
     assert top["score"].abs().iloc[0] == pytest.approx(mean.abs().max())
     results = json.loads(out["results_json"].read_text())
     assert results["metadata"]["n_layers"] == 2 and results["metadata"]["n_batches"] == 2
+    assert results["metadata"]["dataset"] == "cs1" and "commandset" not in results["metadata"]
+    assert results["metadata"]["feature_name"] == "ENGTABLENAME"
+    assert results["metadata"]["method"] == "eap" and results["metadata"]["ig_steps"] == 1
     params = results["parameters"]
     assert params["clean_metric"] == pytest.approx(1.0)
     assert params["corrupt_metric"] == pytest.approx(0.0)
     assert [e["from_edge"] for e in results["edges"]] == top["upstream"].tolist()
     assert {"from_edge", "to_edge", "score"} == set(results["edges"][0])
+
+
+def test_run_stage_under_eap_ig_reads_ig_steps(tiny_model_dir, tmp_path):
+    pairs = str(write_pairs(tmp_path / "pairs.parquet"))
+    outputs = {"edges": "edges.parquet", "top_edges": "top.parquet", "results_json": "r.json"}
+    for method in ("eap", "eap-ig"):
+        (tmp_path / method).mkdir()
+        paths = {name: str(tmp_path / method / file) for name, file in outputs.items()}
+        run_stage(eap_params(tiny_model_dir("gpt2"), method=method), pairs=pairs, **paths)
+    metadata = json.loads((tmp_path / "eap-ig" / "r.json").read_text())["metadata"]
+    assert metadata["method"] == "eap-ig" and metadata["ig_steps"] == 3
+    eap, ig = (read_table(tmp_path / method / "edges.parquet")["score"] for method in ("eap", "eap-ig"))
+    assert not np.allclose(eap, ig)
 
 
 def test_a_batch_split_for_memory_scores_as_the_whole(tiny_model_dir):

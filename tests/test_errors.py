@@ -61,7 +61,10 @@ def left_behind(folder, *keep):
         ([], "{not json", ["--params is not valid JSON", "JSON object"]),
         ([], '["ablation"]', ["--params must be a JSON object", "list"]),
         (["colour=red.txt"], USEFUL_PARAMS, ["unknown argument colour=", "summary=PATH out=PATH"]),
-        (["summary"], USEFUL_PARAMS, ["expected name=path", "'summary'"]),
+        # A bare path joins the list of the name before it; out= takes one path.
+        (["summary"], USEFUL_PARAMS, ["out= takes one path", "summary=PATH out=PATH"]),
+        (["out=other.json"], USEFUL_PARAMS, ["out= takes one path"]),
+        (["out="], USEFUL_PARAMS, ["'out=': no path after '='"]),
     ],
 )
 def test_bad_arguments_and_params(tmp_path, capsys, extra, params, mentions):
@@ -69,6 +72,14 @@ def test_bad_arguments_and_params(tmp_path, capsys, extra, params, mentions):
     out = tmp_path / "useful.json"
     argv = ["useful-nodes", f"summary={summary}", f"out={out}", *extra, "--params", params]
     fails_in_one_line(capsys, argv, "useful-nodes", *mentions)
+    assert left_behind(tmp_path, "summary.parquet") == []
+
+
+def test_bare_path_before_any_name(tmp_path, capsys):
+    summary = summary_table(tmp_path / "summary.parquet")
+    argv = ["useful-nodes", "stray", f"summary={summary}", f"out={tmp_path / 'useful.json'}",
+            "--params", USEFUL_PARAMS]
+    fails_in_one_line(capsys, argv, "useful-nodes", "expected name=path", "'stray'")
     assert left_behind(tmp_path, "summary.parquet") == []
 
 
@@ -188,10 +199,14 @@ def test_next_run_removes_what_a_killed_write_left(tmp_path):
     killed_while_writing(out, directory=True)
     other = out.parent / ".other.json.tmp-kept"  # another target's, written by another job
     other.write_text("")
+    # Only outputs are cleaned: an input's folder may hold another job's writes in progress.
+    of_input = summary.parent / ".summary.parquet.tmp-kept.parquet"
+    of_input.write_text("")
     assert len(left_behind(out.parent)) == 3
 
     main(["useful-nodes", f"summary={summary}", f"out={out}", "--params", USEFUL_PARAMS])
     assert left_behind(out.parent) == [other.name, "useful.json"]
+    assert of_input.exists()
     assert [n["layer"] for n in json.loads(out.read_text())] == [0]
 
 

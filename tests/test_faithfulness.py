@@ -10,8 +10,16 @@ from circuitflow.eap.batches import logit_diff
 from circuitflow.eap.bridge import EdgeModel
 from circuitflow.eap.faithfulness import patch_weights, patched_logit_diff, rank_edges
 from circuitflow.errors import CircuitflowError
+from circuitflow.stage import Params
 from circuitflow.tables import read_table
 from test_eap_attribution import eap_params, edge_model, random_batch, write_pairs
+
+
+def faithfulness_params(directory, circuit_sizes):
+    return Params("faithfulness", {
+        "model": {"source": "local", "path": str(directory), "name": "tiny"}, "device": "cpu",
+        "faithfulness": {"circuit_sizes": circuit_sizes},
+    })
 
 
 def float32_model(directory):
@@ -30,8 +38,7 @@ def test_full_graph_scores_one_and_empty_graph_zero(tiny_model_dir, tmp_path, ar
     )
     n_edges = read_table(edges)["upstream"].count() // 2
     out = tmp_path / "faithfulness.parquet"
-    params = {"model": {"source": "local", "path": str(directory)}, "device": "cpu",
-              "faithfulness": {"circuit_sizes": [0, 3, n_edges, n_edges + 10]}}
+    params = faithfulness_params(directory, [0, 3, n_edges, n_edges + 10])
     faithfulness.run_stage(params, pairs=pairs, edges=edges, out=str(out))
     table = read_table(out, ["circuit_size", "n_edges_in_circuit", "metric", "faithfulness"])
     assert table["n_edges_in_circuit"].tolist() == [0, 3, n_edges, n_edges]
@@ -123,8 +130,7 @@ def test_faithfulness_is_the_same_when_batches_are_split_for_memory(tmp_path, ti
         eap_params(directory), pairs=pairs, edges=edges,
         top_edges=str(tmp_path / "top.parquet"), results_json=str(tmp_path / "r.json"),
     )
-    params = {"model": {"source": "local", "path": str(directory)}, "device": "cpu",
-              "faithfulness": {"circuit_sizes": [0, 3, 10000]}}
+    params = faithfulness_params(directory, [0, 3, 10000])
     faithfulness.run_stage(params, pairs=pairs, edges=edges, out=tmp_path / "whole.parquet")
 
     run = faithfulness.EdgeModel.run

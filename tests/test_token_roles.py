@@ -4,19 +4,26 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from circuitflow.data.examples import generate_examples
 from circuitflow.models.tokenizer import train_tokenizer
-from circuitflow.token_roles import tokenize_example
+from circuitflow.tasks import dataset_entry, tinysql
+from circuitflow.token_roles import UNCOVERED, tokenize_example
 from tiny_models import ARCHITECTURES
 
 MARKERS = ("### Instruction:", "### Context:", "### Response:")
 SECTION_ROLES = {"template", "instruction", "context", "response"}
 
 
+def named_spans(spans):
+    return [span for span in spans if span["role"] not in SECTION_ROLES]
+
+
 @pytest.fixture(scope="module")
 def examples():
     frames = [
-        generate_examples(cs, 60, seed=21, use_synonyms_table=True, use_synonyms_field=True)
+        tinysql.examples(dataset_entry(cs, {
+            "task": "tinysql", "command_set": cs, "use_synonyms_table": True,
+            "use_synonyms_field": True,
+        }), 60, seed=21)
         for cs in ("cs1", "cs2", "cs3")
     ]
     return [row for df in frames for row in df.itertuples(index=False)]
@@ -37,7 +44,7 @@ def sentencepiece_like(texts):
 @pytest.fixture(scope="module", params=["byte_level", "sentencepiece_like", *ARCHITECTURES])
 def tokenizer_kind(request, examples, tiny_model_dir):
     """(tokenizer, whether it splits words from punctuation as GPT-2's byte-level BPE does)."""
-    texts = [row.prompt + row.sql for row in examples]
+    texts = [row.prompt + row.answer for row in examples]
     if request.param == "byte_level":
         return train_tokenizer(texts, vocab_size=600), True  # small: names split into pieces
     if request.param == "sentencepiece_like":
@@ -53,21 +60,21 @@ def tokenizer(tokenizer_kind):
 def test_roles_label_the_tokens_that_spell_each_span(examples, tokenizer_kind):
     tokenizer, splits_punctuation = tokenizer_kind
     for row in examples:
-        prompt_ids, answer_ids, roles = tokenize_example(tokenizer, row.prompt, row.sql, row.spans)
+        prompt_ids, answer_ids, roles = tokenize_example(tokenizer, row.prompt, row.answer, row.spans)
         assert prompt_ids == tokenizer(row.prompt, add_special_tokens=False)["input_ids"]
-        assert answer_ids == tokenizer(row.sql, add_special_tokens=False)["input_ids"]
+        assert answer_ids == tokenizer(row.answer, add_special_tokens=False)["input_ids"]
         assert len(roles) == len(prompt_ids) + len(answer_ids)
 
-        text = row.prompt + row.sql
+        text = row.prompt + row.answer
         offsets = tokenizer(row.prompt, add_special_tokens=False, return_offsets_mapping=True)[
             "offset_mapping"
         ] + [
             (s + len(row.prompt), e + len(row.prompt))
-            for s, e in tokenizer(row.sql, add_special_tokens=False, return_offsets_mapping=True)[
+            for s, e in tokenizer(row.answer, add_special_tokens=False, return_offsets_mapping=True)[
                 "offset_mapping"
             ]
         ]
-        for span in row.spans:
+        for span in named_spans(row.spans):
             labelled = [(s, e) for (s, e), role in zip(offsets, roles) if role == span["role"]]
             span_text = text[span["start"]:span["end"]]
             assert labelled, (span["role"], span_text)
@@ -79,10 +86,11 @@ def test_roles_label_the_tokens_that_spell_each_span(examples, tokenizer_kind):
             if splits_punctuation and re.fullmatch(r"\w+", span_text):  # a name: tokens spell it
                 assert "".join(text[s:e] for s, e in labelled).strip() == span_text
 
+        assert UNCOVERED not in roles  # the spans cover every character
         for (s, e), role in zip(offsets, roles):
             if role not in SECTION_ROLES:
                 continue
-            assert not any(max(s, sp["start"]) < min(e, sp["end"]) for sp in row.spans)
+            assert not any(max(s, sp["start"]) < min(e, sp["end"]) for sp in named_spans(row.spans))
             visible = text[s:e].strip()
             if role == "template":
                 assert any(visible in marker for marker in MARKERS), (visible, row.prompt)
@@ -97,7 +105,7 @@ def test_roles_label_the_tokens_that_spell_each_span(examples, tokenizer_kind):
 
 def test_response_roles_come_from_the_answer_tokens(examples, tokenizer):
     row = examples[-1]  # CS3: aggregates and ORDER BY in the answer
-    prompt_ids, _, roles = tokenize_example(tokenizer, row.prompt, row.sql, row.spans)
+    prompt_ids, _, roles = tokenize_example(tokenizer, row.prompt, row.answer, row.spans)
     prompt_roles, answer_roles = roles[: len(prompt_ids)], roles[len(prompt_ids):]
     assert "sql_table" in answer_roles and "sql_table" not in prompt_roles
     assert "def_table" in prompt_roles and "eng_table" in prompt_roles
@@ -123,6 +131,7 @@ def test_empty_offsets_and_tokens_over_two_spans():
         {"role": "eng_field_1", "start": a_in_instruction, "end": a_in_instruction + 1},
         {"role": "sql_field_1", "start": len(prompt) + 7, "end": len(prompt) + 8},
         {"role": "sql_table", "start": len(prompt) + 14, "end": len(prompt) + 15},
+        *tinysql.section_spans(prompt, len(prompt + sql)),
     ]
     tokenizer = FixedOffsets({
         # an empty-offset token at the start, one token for the whole instruction body
@@ -137,6 +146,13 @@ def test_empty_offsets_and_tokens_over_two_spans():
 
 
 def test_prompt_without_markers_is_an_error():
-    tokenizer = FixedOffsets({"SELECT a": [(0, 8)], "no markers": [(0, 10)]})
-    with pytest.raises(ValueError, match="Instruction"):
-        tokenize_example(tokenizer, "no markers", "SELECT a", [])
+    with pytest.raises(ValueError, match="markers"):
+        tinysql.section_spans("no markers", len("no markers SELECT a"))
+
+
+def test_a_token_no_span_reaches_is_uncovered():
+    tokenizer = FixedOffsets({"ab cd": [(0, 2), (2, 5)], " ef": [(0, 3), (3, 3)]})
+    spans = [{"role": "first", "start": 0, "end": 2}, {"role": "last", "start": 5, "end": 8}]
+    _, _, roles = tokenize_example(tokenizer, "ab cd", " ef", spans)
+    # " ef" is placed by its visible "ef"; the empty token at the end by the last character.
+    assert roles == ["first", UNCOVERED, "last", "last"]

@@ -6,18 +6,17 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+from circuitflow.config import validate_config
 from circuitflow.models import training
 from circuitflow.models.loader import load_model
+from circuitflow.rules import job_params
+from circuitflow.stage import Params
 
+TINYSQL = {name: {"task": "tinysql", "command_set": name} for name in ("cs1", "cs2", "cs3")}
 TINY = {
     "seed": 1000,
-    "command_sets": ["cs1", "cs2", "cs3"],
     "n_train_examples": 100,
     "n_eval_examples": 10,
-    "min_cols": 2,
-    "max_cols": 4,
-    "use_synonyms_table": False,
-    "use_synonyms_field": False,
     "vocab_size": 400,
     "n_layers": 2,
     "n_heads": 2,
@@ -33,14 +32,24 @@ TINY = {
 }
 
 
-def train(out_dir, **overrides):
+def stage_params(datasets, train_on, settings):
+    """The params the workflow gives the training stage of a built-in model ``tiny``."""
+    config = validate_config({
+        "datasets": datasets,
+        "models": {"tiny": {"source": "builtin", "train_on": list(train_on), "training": settings}},
+        "device": "cpu",
+    })
+    return Params("train-model", job_params("train-model", config, {"model": "tiny"}))
+
+
+def train(out_dir, datasets=TINYSQL, train_on=("cs1", "cs2", "cs3"), settings=TINY, **overrides):
     paths = {
         "model": out_dir / "model",
         "curve": out_dir / "curve.parquet",
         "plot": out_dir / "curve.png",
         "heldout": out_dir / "heldout.parquet",
     }
-    training.run_stage({"training": {**TINY, **overrides}, "device": "cpu"}, **paths)
+    training.run_stage(stage_params(datasets, train_on, {**settings, **overrides}), **paths)
     return paths
 
 
@@ -99,8 +108,8 @@ def test_curve_and_heldout_tables(trained):
     assert evaluated[["accuracy_cs1", "accuracy_cs2", "accuracy_cs3"]].stack().between(0, 1).all()
 
     heldout = pd.read_parquet(trained["heldout"])
-    assert list(heldout.columns) == ["command_set", "n_examples", "n_correct", "accuracy"]
-    assert heldout["command_set"].tolist() == ["cs1", "cs2", "cs3"]
+    assert list(heldout.columns) == ["dataset", "n_examples", "n_correct", "accuracy"]
+    assert heldout["dataset"].tolist() == ["cs1", "cs2", "cs3"]
     assert heldout["n_examples"].between(1, TINY["n_eval_examples"]).all()
     assert (heldout["n_correct"] <= heldout["n_examples"]).all()
     expected = heldout["n_correct"] / heldout["n_examples"]
@@ -121,8 +130,9 @@ def test_same_config_same_weights(trained, tmp_path):
 
 
 def test_heldout_data_differs_from_training_data():
-    train_prompts = set(training._generate(TINY, "cs1", 500, training.TRAIN_STREAM)["prompt"])
-    eval_prompts = set(training._generate(TINY, "cs1", 500, training.EVAL_STREAM)["prompt"])
+    datasets = stage_params(TINYSQL, ["cs1"], TINY)["recipe"]["datasets"]
+    train_prompts = set(training._generate(datasets, "cs1", 500, 1000, training.TRAIN_STREAM)["prompt"])
+    eval_prompts = set(training._generate(datasets, "cs1", 500, 1000, training.EVAL_STREAM)["prompt"])
     assert train_prompts != eval_prompts
     assert training.derived_seed(1000, training.TRAIN_STREAM, "cs1") != training.derived_seed(
         1000, training.EVAL_STREAM, "cs1"
@@ -145,7 +155,55 @@ def test_early_stop(tmp_path):
     assert pd.read_parquet(paths["curve"])["step"].max() == 5
 
 
-def test_command_sets_limit_what_is_learned_and_evaluated(tmp_path):
-    paths = train(tmp_path, command_sets=["cs2"], max_steps=2, eval_every=2)
-    assert pd.read_parquet(paths["heldout"])["command_set"].tolist() == ["cs2"]
+def test_datasets_limit_what_is_learned_and_evaluated(tmp_path):
+    paths = train(tmp_path, train_on=["cs2"], max_steps=2, eval_every=2)
+    assert pd.read_parquet(paths["heldout"])["dataset"].tolist() == ["cs2"]
     assert list(pd.read_parquet(paths["curve"]).columns) == ["step", "loss", "accuracy_cs2"]
+
+
+# --- sorting: an attention-only model through the same trainer ----------------------------------
+
+SORTING = {
+    "short": {"task": "sorting", "length": 3, "max_value": 9, "class_output": 2},
+    "long": {"task": "sorting", "length": 5, "max_value": 9, "class_output": 2},
+}
+# The task's architecture (1 layer, attention only) at a smaller width, for a few hundred steps.
+SORTING_TINY = {"n_train_examples": 300, "n_eval_examples": 20, "d_model": 16, "batch_size": 16,
+                "learning_rate": 0.01, "warmup_steps": 10, "max_steps": 200, "eval_every": 100,
+                "early_stop_accuracy": 1.0}
+
+
+@pytest.fixture(scope="module")
+def sorter(tmp_path_factory):
+    return train(tmp_path_factory.mktemp("sorter"), SORTING, ["short", "long"], SORTING_TINY)
+
+
+def test_a_sorting_model_trains_with_held_out_accuracy_per_dataset(sorter):
+    heldout = pd.read_parquet(sorter["heldout"])
+    assert heldout["dataset"].tolist() == ["short", "long"]
+    assert (heldout["n_examples"] > 0).all() and heldout["accuracy"].between(0, 1).all()
+    curve = pd.read_parquet(sorter["curve"])
+    assert list(curve.columns) == ["step", "loss", "accuracy_short", "accuracy_long"]
+    assert curve["step"].max() == SORTING_TINY["max_steps"]
+    assert curve["loss"].head(10).mean() > curve["loss"].tail(10).mean()  # attention learns
+
+
+def test_an_attention_only_model_keeps_its_mlps_at_zero(sorter):
+    model = AutoModelForCausalLM.from_pretrained(sorter["model"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(sorter["model"])
+    assert model.config.n_layer == 1  # the task's architecture, not the section's default
+    for block in model.transformer.h:
+        for name, parameter in block.mlp.named_parameters():
+            assert torch.count_nonzero(parameter) == 0, name
+
+    outputs = []
+    hooks = [block.mlp.register_forward_hook(lambda module, args, out: outputs.append(out))
+             for block in model.transformer.h]
+    ids = tokenizer("START 3 1 2 STOP 1 2 3", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        model(ids)
+    for hook in hooks:
+        hook.remove()
+    assert len(outputs) == model.config.n_layer
+    assert all(out.shape[-1] == model.config.n_embd and torch.count_nonzero(out) == 0
+               for out in outputs)

@@ -15,7 +15,8 @@ import sys
 
 from circuitflow.errors import CircuitflowError, UsageError
 from circuitflow.outputs import remove_stale_temporaries
-from circuitflow.stage import REGISTRY, Params, Stage, load
+from circuitflow.registry import REGISTRY
+from circuitflow.stage import Params, Stage, load
 
 log = logging.getLogger(__name__)
 

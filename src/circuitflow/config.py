@@ -75,7 +75,12 @@ def _resolve_datasets(config: dict) -> None:
         known = task_of(resolved).FEATURES
         if features is None:
             features = list(known)
-        unknown = [f for f in features if f not in known] if isinstance(features, list) else [features]
+        if not isinstance(features, list):
+            raise ConfigError(
+                f"config key 'datasets.{name}.features': expected a list of feature names "
+                f"(of {', '.join(known) or 'none'}), got {features!r}"
+            )
+        unknown = [f for f in features if f not in known]
         if unknown:
             raise ConfigError(
                 f"config key 'datasets.{name}.features': {', '.join(map(str, unknown))} not "
@@ -99,33 +104,53 @@ def _resolve_models(config: dict) -> None:
     for name, entry in config["models"].items():
         key = f"models.{name}"
         if entry["source"] == "builtin":
-            _check_datasets(f"{key}.train_on", entry["train_on"], config)
-            tasks = {config["datasets"][d]["task"] for d in entry["train_on"]}
-            if len(tasks) > 1:
-                raise ConfigError(
-                    f"config key '{key}.train_on': datasets of one task only (one tokenizer), "
-                    f"got tasks {', '.join(sorted(tasks))}"
-                )
-            task = task_module(tasks.pop())
-            if task.MODEL is None:
-                raise ConfigError(
-                    f"config key '{key}.train_on': task {task.__name__.split('.')[-1]} has no "
-                    "built-in model; analyse it with a local or hub model"
-                )
-            training = {**config["training"], **task.MODEL, **entry.get("training", {})}
-            if training["d_model"] % training["n_heads"]:
-                raise ConfigError(
-                    f"config key '{key}.training.d_model': {training['d_model']} is not a "
-                    f"multiple of n_heads ({training['n_heads']})"
-                )
-            if training["seed"] == config["data"]["seed"]:
-                raise ConfigError(
-                    f"config key '{key}.training.seed': must differ from 'data.seed' so the "
-                    "built-in model is never trained on the examples it is analysed on"
-                )
-            entry["training"] = training
+            task = _resolve_training(config, key, entry)
             entry.setdefault("analyse_on", list(entry["train_on"]))
         _check_datasets(f"{key}.analyse_on", entry["analyse_on"], config)
+        if entry["source"] == "builtin":
+            # Its tokenizer is made for its task (a fixed vocabulary, or learned from its texts);
+            # a task without a model of its own (your own prompts) is text you chose for it.
+            datasets = {d: config["datasets"][d] for d in entry["analyse_on"]}
+            foreign = [
+                d for d, spec in datasets.items()
+                if spec["task"] != task and task_of(spec).MODEL is not None
+            ]
+            if foreign:
+                raise ConfigError(
+                    f"config key '{key}.analyse_on': {', '.join(foreign)} not of task {task}, "
+                    "which the built-in model is trained on"
+                )
+
+
+def _resolve_training(config: dict, key: str, entry: dict) -> str:
+    """Fill a built-in model's ``training``; return the task it is trained on."""
+    _check_datasets(f"{key}.train_on", entry["train_on"], config)
+    tasks = {config["datasets"][d]["task"] for d in entry["train_on"]}
+    if len(tasks) > 1:
+        raise ConfigError(
+            f"config key '{key}.train_on': datasets of one task only (one tokenizer), "
+            f"got tasks {', '.join(sorted(tasks))}"
+        )
+    task = tasks.pop()
+    defaults = task_module(task).MODEL
+    if defaults is None:
+        raise ConfigError(
+            f"config key '{key}.train_on': task {task} has no built-in model; analyse it with "
+            "a local or hub model"
+        )
+    training = {**config["training"], **defaults, **entry.get("training", {})}
+    if training["d_model"] % training["n_heads"]:
+        raise ConfigError(
+            f"config key '{key}.training.d_model': {training['d_model']} is not a "
+            f"multiple of n_heads ({training['n_heads']})"
+        )
+    if training["seed"] == config["data"]["seed"]:
+        raise ConfigError(
+            f"config key '{key}.training.seed': must differ from 'data.seed' so the "
+            "built-in model is never trained on the examples it is analysed on"
+        )
+    entry["training"] = training
+    return task
 
 
 def load_config(path: str | Path) -> dict:

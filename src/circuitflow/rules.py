@@ -14,13 +14,15 @@ import json
 from functools import cache
 from pathlib import Path
 
-from circuitflow.stage import REGISTRY, Only, load
+from circuitflow.registry import REGISTRY
+from circuitflow.stage import Only, load
 
 PACKAGE = "circuitflow"
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUILTIN_MODELS_DIR = "results/models"
 # The command line that runs every stage, and what it imports to do so.
 ENTRY_MODULES = ("circuitflow.__main__", "circuitflow.cli")
+REGISTRY_MODULE = "circuitflow.registry"  # see its docstring
 
 
 stage = cache(load)
@@ -160,7 +162,7 @@ def code_inputs(name: str, tasks: tuple[str, ...] = ()) -> list[str]:
     """The source files a job of stage ``name`` runs, sorted: editing one reruns it. A stage
     imports the task of its dataset by name, so a job's ``tasks`` are followed too."""
     modules = module_closure(*ENTRY_MODULES, REGISTRY[name], *(f"{PACKAGE}.tasks.{t}" for t in tasks))
-    return sorted(str(_module_file(m)) for m in modules)
+    return sorted(str(_module_file(m)) for m in modules - {REGISTRY_MODULE})
 
 
 def job_tasks(name: str, config: dict, wildcards: dict) -> tuple[str, ...]:

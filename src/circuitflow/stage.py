@@ -15,7 +15,8 @@ setting is ``Only("eap.ig_steps", when=("eap.method", "eap-ig"))``. ``job`` name
 the job itself that reach the stage as params of their own name: its wildcards (``feature``) or
 what the rule computes from the config (the runs a sweep summary collects).
 
-``REGISTRY`` maps each command to its module; the command line and the workflow both read it.
+``circuitflow.registry.REGISTRY`` maps each command to its module; the command line and the
+workflow both read it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple
 
 from circuitflow.errors import CircuitflowError
+from circuitflow.registry import REGISTRY
 
 
 class Only(NamedTuple):
@@ -50,23 +52,6 @@ class Stage:
         return self.name.replace("-", "_")
 
 
-REGISTRY = {
-    "generate-examples": "circuitflow.examples",
-    "train-model": "circuitflow.models.training",
-    "clean-accuracy": "circuitflow.clean",
-    "position-ablation": "circuitflow.ablation.positions",
-    "node-ablation": "circuitflow.ablation.nodes",
-    "useful-nodes": "circuitflow.ablation.useful",
-    "ablation-plots": "circuitflow.ablation.plots",
-    "corrupt-pairs": "circuitflow.eap.pairs",
-    "eap": "circuitflow.eap.attribution",
-    "faithfulness": "circuitflow.eap.faithfulness",
-    "eap-plots": "circuitflow.eap.plots",
-    "node-pca": "circuitflow.node_pca",
-    "weight-circuits": "circuitflow.weight_circuits",
-    "logit-attribution": "circuitflow.logit_attribution",
-    "summary": "circuitflow.summary",
-}
 
 
 ENTRIES = ("model", "dataset", "recipe")

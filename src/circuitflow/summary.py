@@ -1,27 +1,23 @@
-"""Stage summary: one table and one figure comparing every model and command set of a sweep.
+"""Stage summary: tables and one figure comparing every model and dataset of a sweep.
 
-Clean accuracy, useful nodes per layer (from the node ablation) and the strongest edges per EAP
-feature, side by side, so a sweep over models and command sets reads at a glance.
+Clean accuracy, useful nodes per layer (from the node ablation), the strongest edges per EAP
+feature, and which nodes greedy pruning, node ablation and EAP each pick, side by side, so a
+sweep over models and datasets reads at a glance.
 """
 
 from __future__ import annotations
-
-import json
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from circuitflow import nodes
+from circuitflow.json_files import read_json
 from circuitflow.outputs import save_figure
-from circuitflow.tables import read_table, write_table
 from circuitflow.stage import Stage
+from circuitflow.tables import read_table, write_table
 
 TOP_EDGES_SHOWN = 5
-
-
-def _as_list(paths: str | list[str]) -> list[str]:
-    return [paths] if isinstance(paths, str) else list(paths)
 
 
 def accuracy_table(runs: list[dict], clean_paths: list[str]) -> pd.DataFrame:
@@ -33,18 +29,23 @@ def accuracy_table(runs: list[dict], clean_paths: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+USEFUL_COLUMNS = ["model", "dataset", "layer", "n_useful_heads", "n_useful_mlps"]
+
+
 def useful_nodes_table(runs: list[dict], useful_paths: list[str]) -> pd.DataFrame:
-    """Per run and useful node, in model order: at how many positions it is useful."""
+    """Per run and layer that has a useful node: how many distinct heads and MLPs are useful
+    (at one position or more)."""
     rows = []
     for run, path in zip(runs, useful_paths):
-        with open(path) as f:
-            listed = [nodes.from_quanta(entry)[0] for entry in json.load(f)]
-        for name in sorted(set(listed), key=nodes.sort_key):
-            node = nodes.parse(name)
-            rows.append({**run, "node": name, "layer": node.layer, "head": node.head,
-                         "n_useful": listed.count(name)})
-    columns = ["model", "dataset", "node", "layer", "head", "n_useful"]
-    return pd.DataFrame(rows, columns=columns).astype({"layer": "Int32", "head": "Int32"})
+        useful = {nodes.parse(nodes.from_quanta(entry)[0]) for entry in read_json(path)}
+        for layer in sorted({node.layer for node in useful}):
+            in_layer = [node for node in useful if node.layer == layer]
+            rows.append({**run, "layer": layer,
+                         "n_useful_heads": sum(node.is_head for node in in_layer),
+                         "n_useful_mlps": sum(node.is_mlp for node in in_layer)})
+    counts = {"layer": "int32", "n_useful_heads": "int32", "n_useful_mlps": "int32"}
+    return pd.DataFrame(rows, columns=USEFUL_COLUMNS).astype(counts)
+
 
 def top_edges_table(edge_runs: list[dict], top_edge_paths: list[str]) -> pd.DataFrame:
     frames = []
@@ -69,9 +70,9 @@ def comparison_figure(accuracy: pd.DataFrame, useful: pd.DataFrame, edges: pd.Da
 
     ax = axes[1]
     for (model, dataset), group in useful.groupby(["model", "dataset"]):
-        per_layer = group.groupby("layer")["n_useful"].sum()
-        ax.plot(per_layer.index, per_layer.values, marker="o", label=f"{model} {dataset}")
-    ax.set(xlabel="layer", ylabel="useful (node, position) pairs",
+        ax.plot(group["layer"], group["n_useful_heads"] + group["n_useful_mlps"], marker="o",
+                label=f"{model} {dataset}")
+    ax.set(xlabel="layer", ylabel="useful nodes (heads and MLPs)",
            title="Useful nodes per layer (node ablation)")
     if len(useful):
         ax.legend(fontsize=8)
@@ -99,21 +100,55 @@ def comparison_figure(accuracy: pd.DataFrame, useful: pd.DataFrame, edges: pd.Da
     return fig
 
 
-def run_stage(params: dict, clean, useful, top_edges, accuracy_out: str, useful_out: str,
-              edges_out: str, plot: str) -> None:
-    runs = [{"model": m, "dataset": c} for m, c in params["runs"]]
-    edge_runs = [{"model": m, "dataset": c, "feature": f} for m, c, f in params["edge_runs"]]
-    accuracy = accuracy_table(runs, _as_list(clean))
-    useful_nodes = useful_nodes_table(runs, _as_list(useful))
-    edges = top_edges_table(edge_runs, _as_list(top_edges))
+OVERLAP_COLUMNS = ["model", "dataset", "node", "layer", "head", "in_pruned_circuit", "useful",
+                   "in_top_edges"]
+
+
+def node_overlap_table(pair_runs: list[dict], circuit_paths: list[str], runs: list[dict],
+                       useful_paths: list[str], top_edges: pd.DataFrame) -> pd.DataFrame:
+    """Per run with a pruned circuit, every head or MLP that pruning keeps, node ablation finds
+    useful, or a top EAP edge (of any feature) starts or ends at."""
+    useful_of = {
+        (run["model"], run["dataset"]): {nodes.from_quanta(e)[0] for e in read_json(path)}
+        for run, path in zip(runs, useful_paths)
+    }
+    frames = []
+    for run, path in zip(pair_runs, circuit_paths):
+        kept = set(read_json(path)["nodes"])
+        useful = useful_of.get((run["model"], run["dataset"]), set())
+        mine = top_edges[(top_edges["model"] == run["model"]) & (top_edges["dataset"] == run["dataset"])]
+        ends = {nodes.writer_of(n) for n in (*mine["upstream"], *mine["downstream"])}
+        edged = {n for n in ends if n not in (nodes.INPUT, nodes.LOGITS)}
+        names = sorted(kept | useful | edged, key=nodes.sort_key)
+        frame = nodes.columns(names)
+        frames.append(frame.assign(
+            **run, in_pruned_circuit=frame["node"].isin(kept), useful=frame["node"].isin(useful),
+            in_top_edges=frame["node"].isin(edged),
+        ))
+    if not frames:
+        return pd.DataFrame(columns=OVERLAP_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[OVERLAP_COLUMNS]
+
+
+def run_stage(params: dict, clean, useful, top_edges, circuits, accuracy_out: str,
+              useful_out: str, edges_out: str, overlap_out: str, plot: str) -> None:
+    runs = [{"model": m, "dataset": d} for m, d in params["runs"]]
+    edge_runs = [{"model": m, "dataset": d, "feature": f} for m, d, f in params["edge_runs"]]
+    pair_runs = [{"model": m, "dataset": d} for m, d in params["pair_runs"]]
+    accuracy = accuracy_table(runs, clean)
+    useful_nodes = useful_nodes_table(runs, useful)
+    edges = top_edges_table(edge_runs, top_edges)
     write_table(accuracy, accuracy_out)
     write_table(useful_nodes, useful_out)
     write_table(edges, edges_out)
-    figure = comparison_figure(accuracy, useful_nodes, edges, "circuitflow sweep: models × command sets")
+    write_table(node_overlap_table(pair_runs, circuits, runs, useful, edges), overlap_out)
+    figure = comparison_figure(accuracy, useful_nodes, edges, "circuitflow sweep: models × datasets")
     save_figure(figure, plot, dpi=params["plots"]["dpi"])
 
 
 STAGE = Stage(
-    "summary", run_stage, ("clean", "useful", "top_edges"), ("accuracy_out", "useful_out", "edges_out", "plot"),
-    reads=("plots",), job=("runs", "edge_runs"), many=("clean", "useful", "top_edges"),
+    "summary", run_stage, ("clean", "useful", "top_edges", "circuits"),
+    ("accuracy_out", "useful_out", "edges_out", "overlap_out", "plot"),
+    reads=("plots",), job=("runs", "edge_runs", "pair_runs"),
+    many=("clean", "useful", "top_edges", "circuits"),
 )

@@ -3,7 +3,9 @@
 An example's ``spans`` are character spans of ``prompt + answer``, each with a role, in the order
 of precedence its task gives them (specific pieces first, then the parts they lie in), covering
 every character. A token takes the role of the first span that overlaps its visible characters:
-a byte-level token such as " ###" belongs where its "###" is, not where its leading space is.
+a byte-level token such as " ###" belongs where its "###" is, not where its leading space is. A
+token without characters (empty offsets) takes the last span that holds its position: the part
+it stands in.
 """
 
 from __future__ import annotations
@@ -17,12 +19,19 @@ def _visible(start: int, end: int, text: str) -> tuple[int, int]:
     """The token's characters without surrounding whitespace (all of them if it is only that)."""
     stripped = text[start:end].strip()
     if not stripped:
-        return start, max(end, start + 1)  # a token with empty offsets is placed where it stands
+        return start, end
     first = start + text[start:end].index(stripped)
     return first, first + len(stripped)
 
 
-def _role(start: int, end: int, spans: list[Mapping]) -> str:
+def _role(start: int, end: int, text: str, spans: list[Mapping]) -> str:
+    if start == end:
+        # No characters (a byte-level lone space, trimmed): the part it stands in, the last
+        # span holding its position, not the piece that follows it.
+        position = min(start, len(text) - 1)
+        holding = [s for s in spans if s["start"] <= position < s["end"]]
+        return holding[-1]["role"] if holding else UNCOVERED
+    start, end = _visible(start, end, text)
     for span in spans:
         if max(start, span["start"]) < min(end, span["end"]):
             return span["role"]
@@ -40,5 +49,5 @@ def tokenize_example(
     ]
     text = prompt + answer
     spans = list(spans)
-    roles = [_role(*_visible(start, end, text), spans) for start, end in offsets]
+    roles = [_role(start, end, text, spans) for start, end in offsets]
     return list(encoded_prompt["input_ids"]), list(encoded_answer["input_ids"]), roles

@@ -21,6 +21,8 @@ DATASETS = list(config["datasets"])
 # (model, dataset) for every dataset each model is analysed on; EAP once per dataset feature.
 RUNS = [(m, d) for m, entry in config["models"].items() for d in entry["analyse_on"]]
 FEATURE_RUNS = [(m, d, f) for m, d in RUNS for f in config["datasets"][d]["features"]]
+# Greedy pruning runs on the pairs of a dataset's first feature.
+PAIR_RUNS = [(m, d) for m, d in RUNS if config["datasets"][d]["features"]]
 # Node PCA needs class labels: the runs on datasets without them are skipped, and said so.
 CLASS_RUNS = [(m, d) for m, d in RUNS if task_of(config["datasets"][d]).has_classes(config["datasets"][d])]
 for _dataset in sorted({d for m, d in RUNS} - {d for m, d in CLASS_RUNS}):
@@ -47,14 +49,16 @@ wildcard_constraints:
 # the stage's declaration (circuitflow.stage), so none of them is written twice.
 
 def stage_input(name, **named):
-    """Input function: the named inputs, the package files the stage runs and the files that
-    define the model and the dataset the stage reads."""
+    """Input function: the named inputs (paths, patterns of the job's wildcards, or functions of
+    them), the package files the stage runs and the files that define the model and the dataset
+    the stage reads."""
     reads = stage(name).reads
 
     def inputs(wildcards):
         values = dict(wildcards.items())
         paths = {
-            key: value.format(**values) if isinstance(value, str) else value
+            key: value.format(**values) if isinstance(value, str)
+            else value(wildcards) if callable(value) else value
             for key, value in named.items()
         }
         if "model" in reads:

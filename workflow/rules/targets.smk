@@ -15,6 +15,7 @@ def all_targets():
             ],
         ),
         *[f"results/{m}/{d}/pca/pca_scatter.html" for m, d in CLASS_RUNS],
+        *[f"results/{m}/{d}/pruning/circuit.json" for m, d in PAIR_RUNS],
         *[
             f"results/{m}/{d}/eap/{f}/{output}" for m, d, f in FEATURE_RUNS
             for output in ("eap_results.json", "sankey.html", "sankey.png", "faithfulness.png")

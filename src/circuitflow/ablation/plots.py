@@ -6,8 +6,6 @@ go to an interactive HTML page, where hovering names each cell's node, position 
 
 from __future__ import annotations
 
-import json
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -15,10 +13,11 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 # Imported by name: run_stage's ``nodes`` argument is a path.
+from circuitflow.json_files import read_json
 from circuitflow.nodes import from_quanta, sort_key
 from circuitflow.outputs import atomic_path, save_figure
-from circuitflow.tables import read_table
 from circuitflow.stage import Stage
+from circuitflow.tables import read_table
 
 NODE_COLUMNS = ["node", "layer", "position", "role", "n_tried", "fail_rate"]
 POSITION_COLUMNS = ["position", "role", "n_tried", "fail_rate"]
@@ -145,8 +144,7 @@ def run_stage(
 ) -> None:
     node_summary = read_table(nodes, columns=NODE_COLUMNS)
     position_summary = read_table(positions, columns=POSITION_COLUMNS)
-    with open(useful) as f:
-        useful_list = json.load(f)
+    useful_list = read_json(useful)
     title = f"{params['model']} {params['dataset']}"
     dpi = params["plots"]["dpi"]
     save_figure(heatmaps_figure(node_summary, title), heatmaps, dpi=dpi)
