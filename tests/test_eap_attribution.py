@@ -263,7 +263,7 @@ def test_run_stage_under_eap_ig_reads_ig_steps(tiny_model_dir, tmp_path):
         run_stage(eap_params(tiny_model_dir("gpt2"), method=method), pairs=pairs, **paths)
     metadata = json.loads((tmp_path / "eap-ig" / "r.json").read_text())["metadata"]
     assert metadata["method"] == "eap-ig" and metadata["ig_steps"] == 3
-    eap, ig = (read_table(tmp_path / method / "edges.parquet")["score"] for method in ("eap", "eap-ig"))
+    eap, ig = (read_table(tmp_path / m / "edges.parquet")["score"] for m in ("eap", "eap-ig"))
     assert not np.allclose(eap, ig)
 
 

@@ -70,7 +70,7 @@ def attribution_run(request, tiny_model_dir, tmp_path_factory):
     write_table(clean, tmp / "clean.parquet", schema=CLEAN_SCHEMA)
     params = Params("logit-attribution", {
         "model": {"source": "local", "path": str(tmp / "model"), "name": "tiny"},
-        "dataset": {"name": "toy", "task": "sorting"}, "device": "cpu", "plots": {"dpi": 40},
+        "dataset": "toy", "device": "cpu", "plots": {"dpi": 40},
         "logit_attribution": {"n_examples": N_EXAMPLES, "batch_size": 2},
     })
     out = {"table": tmp / "dla.parquet", "plot": tmp / "dla.png", "page": tmp / "dla.html"}

@@ -63,9 +63,9 @@ def make_dataset(directory, with_classes=True):
 def run_pca(model_dir, data_dir, out_dir, **pca):
     values = {
         "model": {"source": "local", "path": str(model_dir), "name": "tiny"}, "device": "cpu",
-        "dataset": {"name": "toy", "task": "toy"}, "pca": {**PCA, **pca}, "plots": {"dpi": 40},
+        "dataset": "toy", "pca": {**PCA, **pca}, "plots": {"dpi": 40},
     }
-    assert set(values) == {key.split(".")[0] for key in STAGE.reads}
+    assert set(values) == {key.split(".")[0] for key in STAGE.reads} | set(STAGE.job)
     paths = {
         "summary": out_dir / "pca_nodes.parquet", "points": out_dir / "pca_points.parquet",
         "tags": out_dir / "pca_tags.json", "scatter": out_dir / "pca_scatter.png",

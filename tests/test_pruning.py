@@ -342,7 +342,7 @@ def test_stage_outputs(planted, tmp_path):
     keep = {"default": ["all"], "l1.h1": ["end", FIELD]}
     params = {
         "model": {"source": "local", "path": str(directory), "name": "tiny"},
-        "dataset": {"name": "toy", "task": "tinysql"}, "device": "cpu",
+        "dataset": "toy", "device": "cpu",
         "pruning": {"threshold": 3, "reference": "corrupt", "keep_positions": keep,
                     "order": "last_layer_first", "include_mlps": False, "chain": 0,
                     "batch_size": 0},

@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from circuitflow.config import validate_config
+from circuitflow.errors import ConfigError
 from circuitflow.models import training
 from circuitflow.models.loader import load_model
 from circuitflow.rules import job_params
@@ -131,8 +132,10 @@ def test_same_config_same_weights(trained, tmp_path):
 
 def test_heldout_data_differs_from_training_data():
     datasets = stage_params(TINYSQL, ["cs1"], TINY)["recipe"]["datasets"]
-    train_prompts = set(training._generate(datasets, "cs1", 500, 1000, training.TRAIN_STREAM)["prompt"])
-    eval_prompts = set(training._generate(datasets, "cs1", 500, 1000, training.EVAL_STREAM)["prompt"])
+    train_prompts, eval_prompts = (
+        set(training._generate(datasets, "cs1", 500, 1000, stream)["prompt"])
+        for stream in (training.TRAIN_STREAM, training.EVAL_STREAM)
+    )
     assert train_prompts != eval_prompts
     assert training.derived_seed(1000, training.TRAIN_STREAM, "cs1") != training.derived_seed(
         1000, training.EVAL_STREAM, "cs1"
@@ -207,3 +210,23 @@ def test_an_attention_only_model_keeps_its_mlps_at_zero(sorter):
     assert len(outputs) == model.config.n_layer
     assert all(out.shape[-1] == model.config.n_embd and torch.count_nonzero(out) == 0
                for out in outputs)
+
+
+@pytest.mark.parametrize(
+    "datasets, changes, message",
+    [
+        ({"few": {"task": "sorting", "length": 5, "max_value": 5, "class_output": 2},
+          "more": {"task": "sorting", "length": 5, "max_value": 9, "class_output": 2}}, {},
+         ("'models.tiny.train_on': the tokenizer made for dataset few cannot spell every "
+          "example of more")),
+        ({"few": {"task": "sorting", "length": 2, "max_value": 1, "class_output": 2}}, {},
+         "'models.tiny.training.n_train_examples': every held-out example of dataset few"),
+        ({"few": {"task": "sorting", "length": 5, "max_value": 5, "class_output": 2}},
+         {"n_ctx": 8}, "'models.tiny.training.n_ctx': 8 is shorter than the longest"),
+    ],
+)
+def test_datasets_the_trainer_cannot_use_are_named(tmp_path, datasets, changes, message):
+    with pytest.raises(ConfigError) as err:
+        train(tmp_path, datasets, list(datasets), SORTING_TINY, **{**changes, "max_steps": 2})
+    assert message in str(err.value)
+    assert list(tmp_path.iterdir()) == []

@@ -127,7 +127,7 @@ def circuits_run(request, tiny_model_dir, tmp_path_factory):
     write_table(clean_table(tokens), tmp / "clean.parquet", schema=CLEAN_SCHEMA)
     params = Params("weight-circuits", {
         "model": {"source": "local", "path": str(tmp / "model"), "name": "tiny"},
-        "dataset": {"name": "toy", "task": "sorting"}, "plots": {"dpi": 40},
+        "dataset": "toy", "plots": {"dpi": 40},
         "weight_circuits": {"max_tokens": 64, "max_positions": 256, "rotary_offset": OFFSET},
     })
     out = {

@@ -27,3 +27,11 @@ class OutputError(CircuitflowError):
 
 class UsageError(CircuitflowError):
     """The command line names an unknown argument, lacks one, or has malformed --params."""
+
+
+class OptionError(ConfigError):
+    """A dataset option does not fit its task; the config names the dataset around it."""
+
+    def __init__(self, option: str, problem: str):
+        super().__init__(f"dataset option '{option}': {problem}")
+        self.option, self.problem = option, problem

@@ -10,7 +10,7 @@ it stands in.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 UNCOVERED = "other"  # a token no span reaches (a task whose spans leave gaps)
 

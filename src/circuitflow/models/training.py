@@ -143,23 +143,36 @@ def run_stage(params, model, curve, plot, heldout) -> None:
     )
     eos_id = tokenizer.eos_token_id
 
+    key = f"models.{params['model']}"
     examples = []
-    for df in train.values():
-        examples += [
-            build_example(p, a, eos_id)
-            for p, a in zip(_tokenize(tokenizer, df["prompt"]), _tokenize(tokenizer, df["answer"]))
-        ]
+    for name, df in train.items():
+        prompts, answers = _tokenize(tokenizer, df["prompt"]), _tokenize(tokenizer, df["answer"])
+        # A task's tokenizer is made from the first dataset's options; another's may need more
+        # words, which would silently become the unknown token.
+        if any(tokenizer.unk_token_id in ids for ids in prompts + answers):
+            raise ConfigError(
+                f"config key '{key}.train_on': the tokenizer made for dataset {names[0]} cannot "
+                f"spell every example of {name}; train on datasets whose options share one "
+                "vocabulary"
+            )
+        examples += [build_example(p, a, eos_id) for p, a in zip(prompts, answers)]
     longest = max(len(ids) for ids, _ in examples)
     if longest > settings["n_ctx"]:
         raise ConfigError(
-            f"config key 'training.n_ctx' of model {params['model']}: {settings['n_ctx']} "
-            f"is shorter than the longest training example ({longest} tokens)"
+            f"config key '{key}.training.n_ctx': {settings['n_ctx']} is shorter than the "
+            f"longest training example ({longest} tokens)"
         )
 
     heldout_ids = {}
     for name in names:
         df = _generate(datasets, name, settings["n_eval_examples"], settings["seed"], EVAL_STREAM)
         df = df[~df["prompt"].isin(set(train[name]["prompt"]))]  # held out means unseen
+        if df.empty:
+            raise ConfigError(
+                f"config key '{key}.training.n_train_examples': every held-out example of "
+                f"dataset {name} is also a training example; its options allow too few distinct "
+                "examples for this many (train on fewer, or widen the dataset)"
+            )
         heldout_ids[name] = (_tokenize(tokenizer, df["prompt"]), _tokenize(tokenizer, df["answer"]))
     log.info(
         "data: %d training examples, tokenizer of %d tokens (%.0f s)",

@@ -3,9 +3,10 @@ model is built. Every stage works from what a task provides and names nothing ta
 
 A task is a module of this package, listed in ``TASKS``. It provides:
 
-- ``OPTIONS``: JSON-schema ``properties`` of its dataset options, each with a default. A config
-  entry ``datasets: {name: {task: NAME, ...options}}`` is checked against them
-  (``dataset_entry``).
+- ``OPTIONS``: JSON-schema ``properties`` of its dataset options, with defaults, and
+  ``settings(options)``: the options with the defaults filled in, checked together (an
+  ``OptionError`` names the option). A config entry ``datasets: {name: {task: NAME,
+  ...options}}`` is checked against both (``dataset_entry``).
 - ``examples(options, n, seed) -> DataFrame``: ``example_id`` (0..n-1), ``prompt`` and ``answer``
   (text; the model sees prompt + answer, each tokenized on its own), ``spans`` (``{"role",
   "start", "end"}`` character spans over ``prompt + answer`` in order of precedence, covering
@@ -34,7 +35,7 @@ from types import ModuleType
 
 import jsonschema
 
-from circuitflow.errors import ConfigError
+from circuitflow.errors import ConfigError, OptionError
 
 TASKS = ("tinysql", "sorting", "arithmetic", "prompts")
 
@@ -61,16 +62,19 @@ def dataset_entry(name: str, entry: dict) -> dict:
     except ConfigError as e:
         raise ConfigError(f"config key '{key}.task': {e}") from None
     options = {k: v for k, v in entry.items() if k != "task"}
-    schema = {"type": "object", "properties": task.OPTIONS, "additionalProperties": False}
+    known = ", ".join(sorted(task.OPTIONS)) or "none"
+    unknown = sorted(set(options) - set(task.OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"config key '{key}.{unknown[0]}': task {entry['task']} has no such option "
+            f"(its options: {known})"
+        )
+    schema = {"type": "object", "properties": task.OPTIONS}
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(options), key=str)
     if errors:
-        error = errors[0]
-        where = ".".join([key, *map(str, error.absolute_path)])
-        if error.validator == "additionalProperties":
-            known = ", ".join(sorted(task.OPTIONS)) or "none"
-            raise ConfigError(
-                f"config key '{where}': {error.message}; task {entry['task']} options: {known}"
-            )
-        raise ConfigError(f"config key '{where}': {error.message}")
-    defaults = {k: spec["default"] for k, spec in task.OPTIONS.items() if "default" in spec}
-    return {"task": entry["task"], **defaults, **options}
+        where = ".".join([key, *map(str, errors[0].absolute_path)])
+        raise ConfigError(f"config key '{where}': {errors[0].message}")
+    try:
+        return {"task": entry["task"], **task.settings(options)}
+    except OptionError as e:
+        raise ConfigError(f"config key '{key}.{e.option}': {e.problem}") from None

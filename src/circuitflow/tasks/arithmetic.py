@@ -29,7 +29,7 @@ import pyarrow as pa
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from circuitflow.errors import ConfigError
+from circuitflow.errors import ConfigError, OptionError
 
 EOS = "<|endoftext|>"
 SYMBOLS = {"add": "+", "sub": "-"}
@@ -55,20 +55,21 @@ COLUMNS = [pa.field("operation", pa.string()), pa.field("x", pa.int64()),
 MODEL = {"n_layers": 3, "n_heads": 4, "d_model": 128, "n_ctx": 32, "attn_only": False}
 
 
-def _settings(options: dict) -> dict:
-    settings = {name: spec["default"] for name, spec in OPTIONS.items()} | dict(options)
-    if not 0 <= settings["class_digit"] < settings["n_digits"]:
-        raise ConfigError(
-            f"dataset option 'class_digit': must be between 0 and 'n_digits' - 1"
-            f" ({settings['n_digits'] - 1}), got {settings['class_digit']}"
+def settings(options: dict) -> dict:
+    """The options with their defaults, checked together."""
+    options = {name: spec["default"] for name, spec in OPTIONS.items()} | dict(options)
+    if not 0 <= options["class_digit"] < options["n_digits"]:
+        raise OptionError(
+            "class_digit", f"must be between 0 and 'n_digits' - 1 ({options['n_digits'] - 1}),"
+            f" got {options['class_digit']}"
         )
-    unknown = set(settings["operations"]) - set(SYMBOLS)
-    if unknown or not settings["operations"]:
-        raise ConfigError(
-            f"dataset option 'operations': expected a non-empty list of {', '.join(SYMBOLS)},"
-            f" got {settings['operations']}"
+    unknown = set(options["operations"]) - set(SYMBOLS)
+    if unknown or not options["operations"]:
+        raise OptionError(
+            "operations",
+            f"expected a non-empty list of {', '.join(SYMBOLS)}, got {options['operations']}",
         )
-    return settings
+    return options
 
 
 def result(operation: str, x: int, y: int) -> int:
@@ -113,9 +114,9 @@ def _draw(rng: random.Random, operation: str, wanted: str, n_digits: int, d: int
     return x, y
 
 
-def _uniform(rng: random.Random, settings: dict) -> tuple[str, int, int]:
-    top = 10 ** settings["n_digits"]
-    return rng.choice(settings["operations"]), rng.randrange(top), rng.randrange(top)
+def _uniform(rng: random.Random, options: dict) -> tuple[str, int, int]:
+    top = 10 ** options["n_digits"]
+    return rng.choice(options["operations"]), rng.randrange(top), rng.randrange(top)
 
 
 def has_classes(options: dict) -> bool:
@@ -123,17 +124,17 @@ def has_classes(options: dict) -> bool:
 
 
 def examples(options: dict, n: int, seed: int) -> pd.DataFrame:
-    settings = _settings(options)
-    n_digits, d = settings["n_digits"], settings["class_digit"]
+    options = settings(options)
+    n_digits, d = options["n_digits"], options["class_digit"]
     # random.Random seeds a string through SHA-512: stable across runs, unlike hash().
     rng = random.Random(f"arithmetic/examples/{seed}")
-    if settings["balanced"]:
-        cells = [(op, c) for op in settings["operations"] for c in CLASSES]
+    if options["balanced"]:
+        cells = [(op, c) for op in options["operations"] for c in CLASSES]
         chosen = [cells[i % len(cells)] for i in range(n)]
         rng.shuffle(chosen)
         drawn = [(op, *_draw(rng, op, wanted, n_digits, d)) for op, wanted in chosen]
     else:
-        drawn = [_uniform(rng, settings) for _ in range(n)]
+        drawn = [_uniform(rng, options) for _ in range(n)]
     rows = []
     for example_id, (operation, x, y) in enumerate(drawn):
         prompt, answer, spans = _text(operation, x, y, n_digits)
@@ -155,12 +156,12 @@ def pairs(options: dict, feature: str, n: int, seed: int) -> pd.DataFrame:
     y (Y_DIGIT), so its result, and with it the answer, differs."""
     if feature not in FEATURES:
         raise ConfigError(f"arithmetic feature {feature!r}: expected one of {', '.join(FEATURES)}")
-    settings = _settings(options)
-    n_digits, d = settings["n_digits"], settings["class_digit"]
+    options = settings(options)
+    n_digits, d = options["n_digits"], options["class_digit"]
     rng = random.Random(f"arithmetic/pairs/{feature}/{seed}")
     rows = []
     for _ in range(n):
-        operation, x, y = _uniform(rng, settings)
+        operation, x, y = _uniform(rng, options)
         changed = x if feature == "X_DIGIT" else y
         digit = rng.randrange(9)  # any digit but the clean one
         digit += digit >= changed // 10**d % 10

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from circuitflow.errors import ConfigError, TableError
+from circuitflow.errors import ConfigError, OptionError, TableError
 
 OPTIONS = {
     "path": {"type": "string", "minLength": 1,
@@ -32,6 +32,12 @@ READERS = {
 }
 
 
+def settings(options: dict) -> dict:
+    if "path" not in options:
+        raise OptionError("path", "missing: the table of prompts (.parquet, .csv or .jsonl)")
+    return dict(options)
+
+
 def _given(value) -> bool:
     """A cell that holds text (CSV writes an absent one as "", JSON as null)."""
     return isinstance(value, str) and value != ""
@@ -42,9 +48,7 @@ def read_prompts(path: str) -> pd.DataFrame:
     corrupt answer wherever it has a corrupt prompt."""
     file = Path(path)
     if file.suffix not in READERS:
-        raise ConfigError(
-            f"dataset option 'path': {path} should end in {', '.join(READERS)}"
-        )
+        raise OptionError("path", f"{path} should end in {', '.join(READERS)}")
     if not file.is_file():
         raise TableError(f"{path}: file not found (dataset option 'path')")
     try:

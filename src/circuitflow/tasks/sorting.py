@@ -20,7 +20,7 @@ import pyarrow as pa
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from circuitflow.errors import ConfigError
+from circuitflow.errors import ConfigError, OptionError
 
 EOS = "<|endoftext|>"
 START, STOP = "START", "STOP"
@@ -48,14 +48,15 @@ MODEL = {
 }
 
 
-def _settings(options: dict) -> dict:
-    settings = {name: spec["default"] for name, spec in OPTIONS.items()} | dict(options)
-    if not 2 <= settings["class_output"] <= settings["length"]:
-        raise ConfigError(
-            f"dataset option 'class_output': must be between 2 and 'length'"
-            f" ({settings['length']}), got {settings['class_output']}"
+def settings(options: dict) -> dict:
+    """The options with their defaults, checked together."""
+    options = {name: spec["default"] for name, spec in OPTIONS.items()} | dict(options)
+    if not 2 <= options["class_output"] <= options["length"]:
+        raise OptionError(
+            "class_output",
+            f"must be between 2 and 'length' ({options['length']}), got {options['class_output']}",
         )
-    return settings
+    return options
 
 
 def _text(values: list[int]) -> tuple[str, str, list[dict]]:
@@ -79,8 +80,8 @@ def _class(values: list[int], k: int) -> str:
     return "repeat" if ordered[k - 1] == ordered[k - 2] else "new"
 
 
-def _draw(rng: random.Random, settings: dict) -> list[int]:
-    return [rng.randint(0, settings["max_value"]) for _ in range(settings["length"])]
+def _draw(rng: random.Random, options: dict) -> list[int]:
+    return [rng.randint(0, options["max_value"]) for _ in range(options["length"])]
 
 
 def has_classes(options: dict) -> bool:
@@ -89,8 +90,8 @@ def has_classes(options: dict) -> bool:
 
 def examples(options: dict, n: int, seed: int) -> pd.DataFrame:
     """``n`` sequences; balanced: ``repeat`` and ``new`` in turn, in a shuffled order."""
-    settings = _settings(options)
-    k = settings["class_output"]
+    options = settings(options)
+    k = options["class_output"]
     # random.Random seeds a string through SHA-512: stable across runs, unlike hash().
     rng = random.Random(f"sorting/examples/{seed}")
     classes = [CLASSES[i % 2] for i in range(n)]
@@ -98,9 +99,9 @@ def examples(options: dict, n: int, seed: int) -> pd.DataFrame:
     rows = []
     for example_id, wanted in enumerate(classes):
         # Rejection keeps each class's sequences uniform; "new" needs max_value >= 1 (OPTIONS).
-        values = _draw(rng, settings)
-        while settings["balanced"] and _class(values, k) != wanted:
-            values = _draw(rng, settings)
+        values = _draw(rng, options)
+        while options["balanced"] and _class(values, k) != wanted:
+            values = _draw(rng, options)
         prompt, answer, spans = _text(values)
         rows.append({
             "example_id": example_id, "prompt": prompt, "answer": answer, "spans": spans,
@@ -113,13 +114,13 @@ def pairs(options: dict, feature: str, n: int, seed: int) -> pd.DataFrame:
     """INPUT_VALUE: one input value replaced by another, which always changes the sorted answer."""
     if feature not in FEATURES:
         raise ConfigError(f"sorting feature {feature!r}: expected one of {', '.join(FEATURES)}")
-    settings = _settings(options)
+    options = settings(options)
     rng = random.Random(f"sorting/pairs/{feature}/{seed}")
     rows = []
     for _ in range(n):
-        clean = _draw(rng, settings)
+        clean = _draw(rng, options)
         position = rng.randrange(len(clean))
-        value = rng.randint(0, settings["max_value"] - 1)  # any value but the clean one
+        value = rng.randint(0, options["max_value"] - 1)  # any value but the clean one
         value += value >= clean[position]
         corrupt = clean[:position] + [value] + clean[position + 1:]
         clean_prompt, clean_answer, spans = _text(clean)
@@ -136,7 +137,7 @@ def tokenizer(options: dict, texts, vocab_size: int) -> PreTrainedTokenizerFast:
     """Word-level tokenizer: the number v is token v (0..max_value), then START, STOP and EOS,
     as in the seed (values 0..29, START 30, STOP 31). The vocabulary is fixed by the options:
     ``texts`` and ``vocab_size`` are not used."""
-    largest = _settings(options)["max_value"]
+    largest = settings(options)["max_value"]
     vocab = {str(v): v for v in range(largest + 1)}
     vocab |= {START: largest + 1, STOP: largest + 2, EOS: largest + 3}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=EOS))

@@ -29,7 +29,7 @@ from circuitflow.data.examples import (
     SCHEMA, TABLE_SYNONYM_P, create_table_text, english_word, format_prompt, generate_examples, sql_text,
 )
 from circuitflow.data.vocabulary import FIELDS, FIELDS_BY_NAME, TABLE_NAMES, TABLES
-from circuitflow.errors import ConfigError
+from circuitflow.errors import ConfigError, OptionError
 from circuitflow.models.tokenizer import train_tokenizer
 
 OPTIONS = {
@@ -80,12 +80,20 @@ def section_spans(prompt: str, total_length: int) -> list[dict]:
     return [{"role": role, "start": s, "end": e} for s, e, role in bounds]
 
 
-def _generate(options: dict, n: int, seed: int) -> pd.DataFrame:
-    if options["min_cols"] > options["max_cols"]:
-        raise ConfigError(
-            f"dataset option 'min_cols' ({options['min_cols']}) is larger than 'max_cols' "
-            f"({options['max_cols']})"
+def settings(options: dict) -> dict:
+    """The options with their defaults, checked together."""
+    settings = {name: spec["default"] for name, spec in OPTIONS.items()} | dict(options)
+    if settings["min_cols"] > settings["max_cols"]:
+        raise OptionError(
+            "min_cols", f"{settings['min_cols']} is larger than 'max_cols' ({settings['max_cols']})"
         )
+    if settings["classes"] == "order_direction" and settings["command_set"] == "cs1":
+        raise OptionError("classes", "order_direction needs ORDER BY, so command set cs2 or above")
+    return settings
+
+
+def _generate(options: dict, n: int, seed: int) -> pd.DataFrame:
+    options = settings(options)
     return generate_examples(
         options["command_set"], n_examples=n, seed=seed, min_cols=options["min_cols"],
         max_cols=options["max_cols"], use_synonyms_table=options["use_synonyms_table"],
@@ -104,10 +112,7 @@ def _order_direction(example) -> tuple[str | None, str | None]:
 
 
 def examples(options: dict, n: int, seed: int) -> pd.DataFrame:
-    if options["classes"] == "order_direction" and options["command_set"] == "cs1":
-        raise ConfigError(
-            "dataset option 'classes': order_direction needs ORDER BY, so command set cs2 or above"
-        )
+    options = settings(options)
     table = _generate(options, n, seed).rename(columns={"sql": "answer"})
     table["spans"] = [
         list(spans) + section_spans(prompt, len(prompt) + len(answer))
