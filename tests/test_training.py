@@ -109,7 +109,9 @@ def test_curve_and_heldout_tables(trained):
     assert evaluated[["accuracy_cs1", "accuracy_cs2", "accuracy_cs3"]].stack().between(0, 1).all()
 
     heldout = pd.read_parquet(trained["heldout"])
-    assert list(heldout.columns) == ["dataset", "n_examples", "n_correct", "accuracy"]
+    assert list(heldout.columns) == ["dataset", "n_examples", "n_correct", "accuracy",
+                                     "token_accuracy"]
+    assert (heldout["token_accuracy"].between(0, 1)).all()
     assert heldout["dataset"].tolist() == ["cs1", "cs2", "cs3"]
     assert heldout["n_examples"].between(1, TINY["n_eval_examples"]).all()
     assert (heldout["n_correct"] <= heldout["n_examples"]).all()

@@ -60,7 +60,8 @@ rule ablation_plots:
     input:
         unpack(stage_input(
             "ablation-plots", nodes=rules.node_ablation.output.summary,
-            positions=rules.position_ablation.output.summary, useful=rules.useful_nodes.output.out,
+            positions=rules.position_ablation.output.summary,
+            by_role=rules.node_ablation.output.by_role, useful=rules.useful_nodes.output.out,
         )),
     output:
         heatmaps=report(
@@ -83,6 +84,11 @@ rule ablation_plots:
             "results/{model}/{dataset}/quanta_map.png",
             caption="../report/quanta_map.rst", category="Ablation",
             subcategory="{model} {dataset}", labels={"figure": "Quanta map"},
+        ),
+        role_heatmap=report(
+            "results/{model}/{dataset}/ablation_by_role.png",
+            caption="../report/ablation_by_role.rst", category="Ablation",
+            subcategory="{model} {dataset}", labels={"figure": "Node fail % per role"},
         ),
     params:
         settings=stage_params("ablation-plots"),

@@ -45,7 +45,7 @@ wildcard_constraints:
     feature=_alternatives(sorted({f for _, _, f in FEATURE_RUNS})),
 
 
-# Every rule below is a stage of the package: these derive its inputs, params and command from
+# Each of the rules is a stage of the package; these derive its inputs, params and command from
 # the stage's declaration (circuitflow.stage), so none of them is written twice.
 
 def stage_input(name, **named):
@@ -69,6 +69,12 @@ def stage_input(name, **named):
         return paths
 
     return inputs
+
+
+def first_feature_pairs(wildcards):
+    """Greedy pruning's pairs: those of the dataset's first feature."""
+    feature = config["datasets"][wildcards.dataset]["features"][0]
+    return f"results/{wildcards.model}/{wildcards.dataset}/eap/{feature}/pairs.parquet"
 
 
 def stage_params(name, **job):

@@ -1,11 +1,6 @@
 # Seed 004's circuit search: mean-ablate heads one by one, keep those the answer needs.
 
 
-def first_feature_pairs(wildcards):
-    feature = config["datasets"][wildcards.dataset]["features"][0]
-    return f"results/{wildcards.model}/{wildcards.dataset}/eap/{feature}/pairs.parquet"
-
-
 rule greedy_pruning:
     input:
         unpack(stage_input("greedy-pruning", pairs=first_feature_pairs)),

@@ -10,7 +10,7 @@ def all_targets():
             output=[
                 "clean.parquet", "position_ablation.parquet", "node_ablation_detail.parquet",
                 "node_ablation_by_role.parquet", "ablation_heatmaps.png", "ablation_heatmaps.html",
-                "position_fail_rate.png", "quanta_map.png", "circuits/weight_circuits.html",
+                "position_fail_rate.png", "quanta_map.png", "ablation_by_role.png", "circuits/weight_circuits.html",
                 "circuits/logit_attribution.html",
             ],
         ),

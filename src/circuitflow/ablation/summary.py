@@ -25,16 +25,25 @@ def position_roles(detail: pd.DataFrame) -> pd.Series:
     return detail.groupby("position")["role"].agg(lambda roles: roles.mode().iloc[0])
 
 
+def role_first_positions(detail: pd.DataFrame) -> pd.Series:
+    """Per role, the median over examples of the first position it holds in each: where it
+    sits in a typical example, whatever the examples' lengths."""
+    first = detail.groupby(["example_id", "role"])["position"].min()
+    return first.groupby("role").median()
+
+
 def summarize(detail: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Per group of ``keys``: n_tried, n_failed, fail_rate (%, 0-100), mean_logprob_drop; and
-    the most common role when grouped by position. Null keys (an MLP's head) form groups too,
-    sorted last."""
+    the most common role when grouped by position. Grouped by role, also n_examples (a role
+    spans several positions of an example, so it differs from n_tried) and first_position
+    (``role_first_positions``). Null keys (an MLP's head) form groups too, sorted last."""
     table = (
         detail.groupby(keys, sort=True, dropna=False)
         .agg(
             n_tried=("failed", "size"),
             n_failed=("failed", "sum"),
             mean_logprob_drop=("logprob_drop", "mean"),
+            n_examples=("example_id", "nunique"),
         )
         .reset_index()
     )
@@ -43,4 +52,7 @@ def summarize(detail: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     if "position" in keys:
         table["role"] = table["position"].map(position_roles(detail))
         columns.insert(keys.index("position") + 1, "role")
+    if "role" in keys:
+        table["first_position"] = table["role"].map(role_first_positions(detail))
+        columns += ["n_examples", "first_position"]
     return table[columns]

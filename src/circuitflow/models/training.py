@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, get_cosine_schedule_with_warmup
 
 from circuitflow.batching import right_padded
-from circuitflow.clean import first_wrong_positions
+from circuitflow.clean import first_wrong_position, greedy_answer_predictions
 from circuitflow.device import resolve_device
 from circuitflow.errors import ConfigError
 from circuitflow.outputs import atomic_path, save_figure
@@ -86,13 +86,17 @@ def answer_loss(
 
 def _heldout_accuracy(
     model, heldout: dict, eos_id: int, batch_size: int
-) -> dict[str, tuple[int, int]]:
-    """(n_examples, n_correct) per dataset: greedy decoding reproduces the answer, then EOS."""
+) -> dict[str, tuple[int, int, float]]:
+    """Per dataset: n_examples, n_correct (greedy decoding reproduces the answer, then EOS) and
+    the share of answer tokens predicted right under teacher forcing."""
     model.eval()
     results = {}
     for name, (prompt_ids, answer_ids) in heldout.items():
-        wrong = first_wrong_positions(model, prompt_ids, answer_ids, eos_id, batch_size)
-        results[name] = (len(wrong), sum(pos is None for pos in wrong))
+        predicted = greedy_answer_predictions(model, prompt_ids, answer_ids, eos_id, batch_size)
+        wrong = [first_wrong_position(p, a, eos_id) for p, a in zip(predicted, answer_ids)]
+        right = sum(int(x == y) for p, a in zip(predicted, answer_ids) for x, y in zip(p, a))
+        tokens = sum(map(len, answer_ids))
+        results[name] = (len(wrong), sum(pos is None for pos in wrong), right / max(tokens, 1))
     model.train()
     return results
 
@@ -226,13 +230,14 @@ def run_stage(params, model, curve, plot, heldout) -> None:
         if step % settings["eval_every"] and step < max_steps:
             continue
         accuracy = _heldout_accuracy(net, heldout_ids, eos_id, batch_size)
-        rows[-1].update({f"accuracy_{name}": n_ok / n for name, (n, n_ok) in accuracy.items()})
+        rows[-1].update({f"accuracy_{name}": n_ok / n for name, (n, n_ok, _) in accuracy.items()})
         log.info(
             "step %d/%d loss %.4f held-out exact match: %s (%.0f s)", step, max_steps, loss.item(),
-            ", ".join(f"{name} {100 * n_ok / n:.1f}%" for name, (n, n_ok) in accuracy.items()),
+            ", ".join(f"{name} {100 * n_ok / n:.1f}% ({100 * tokens:.2f}% of tokens)"
+                      for name, (n, n_ok, tokens) in accuracy.items()),
             time.monotonic() - started,
         )
-        if min(n_ok / n for n, n_ok in accuracy.values()) >= settings["early_stop_accuracy"]:
+        if min(n_ok / n for n, n_ok, _ in accuracy.values()) >= settings["early_stop_accuracy"]:
             log.info(
                 "every held-out set is at %.1f%% or more: stopping",
                 100 * settings["early_stop_accuracy"],
@@ -242,8 +247,9 @@ def run_stage(params, model, curve, plot, heldout) -> None:
     curve_df = pd.DataFrame(rows, columns=["step", "loss", *(f"accuracy_{n}" for n in names)])
     heldout_df = pd.DataFrame(
         [
-            {"dataset": name, "n_examples": n, "n_correct": n_ok, "accuracy": n_ok / n}
-            for name, (n, n_ok) in accuracy.items()
+            {"dataset": name, "n_examples": n, "n_correct": n_ok, "accuracy": n_ok / n,
+             "token_accuracy": tokens}
+            for name, (n, n_ok, tokens) in accuracy.items()
         ]
     )
     # All four outputs appear together or not at all; the model directory, which later stages
