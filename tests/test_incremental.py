@@ -24,7 +24,8 @@ CONFIG_EDITS = [
     # (config key, new value, rules whose params carry it, rules that must not rerun)
     ("clean.batch_size", 3, {"clean_accuracy"}, {"generate_examples", "train_model"}),
     ("data.n_examples", 30, {"generate_examples"}, {"train_model"}),
-    ("plots.dpi", 72, {"eap_plots", "ablation_plots", "summary"},
+    ("plots.dpi", 72, {"eap_plots", "ablation_plots", "summary", "weight_circuits",
+                       "logit_attribution", "node_pca", "greedy_pruning"},
      {"train_model", "eap", "node_ablation"}),
     ("eap.top_n", 3, {"eap"},
      {"train_model", "clean_accuracy", "node_ablation", "position_ablation"}),

@@ -19,12 +19,12 @@ pytestmark = pytest.mark.slow
 
 PROFILE = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
 
-# The tiny config's TinySQL model and dataset with its first EAP feature only: the other models
-# and features are the same kinds of jobs again, and the test node's 2 CPUs would run them two at
-# a time, for minutes.
+# The tiny config's sorting model and dataset only (it trains in seconds): the other models are
+# the same kinds of jobs again, and the test node's 2 CPUs would run them two at a time, for
+# minutes.
 SLURM_CONFIG = copy.deepcopy(TINY_CONFIG)
-SLURM_CONFIG["models"] = {"tiny": TINY_CONFIG["models"]["tiny"]}
-SLURM_CONFIG["datasets"] = {"cs1": {**TINY_CONFIG["datasets"]["cs1"], "features": ["ENGTABLENAME"]}}
+SLURM_CONFIG["models"] = {"sorter": TINY_CONFIG["models"]["sorter"]}
+SLURM_CONFIG["datasets"] = {"sort": TINY_CONFIG["datasets"]["sort"]}
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +96,12 @@ def test_tiny_workflow_on_slurm_equals_local_run(cluster, tiny_workflow, tmp_pat
         assert (job.get("TresPerNode") == "gres:gpu:1") == (rule in gpu_rules), job
     assert submitted == planned
 
-    # Every table equals the local run's, whose sweep summaries also have the other features.
-    features = SLURM_CONFIG["eap"]["features"]
+    # Every table equals the local run's, whose sweep summaries also have the other models.
     on_slurm = sorted(p.relative_to(workdir) for p in workdir.glob("results/**/*.parquet"))
-    assert Path("results/data/cs1/examples.parquet") in on_slurm
-    assert Path("results/tiny/cs1/clean.parquet") in on_slurm
+    assert Path("results/data/sort/examples.parquet") in on_slurm
+    assert Path("results/sorter/sort/clean.parquet") in on_slurm
     for path in on_slurm:
         local = pd.read_parquet(tiny_workflow / path)
-        if "feature" in local:
-            local = local[local["feature"].isin(features)].reset_index(drop=True)
+        if "model" in local:
+            local = local[local["model"].isin(SLURM_CONFIG["models"])].reset_index(drop=True)
         pd.testing.assert_frame_equal(pd.read_parquet(workdir / path), local, obj=str(path))

@@ -5,6 +5,7 @@ from transformers import AutoTokenizer
 
 from circuitflow.errors import ConfigError
 from circuitflow.tasks import arithmetic
+from span_roles import roles_by_overlap
 
 SMALL = {"n_digits": 3, "operations": ["sub"], "class_digit": 0}
 TOP = {"n_digits": 4, "operations": ["add", "sub"], "class_digit": 3}
@@ -29,19 +30,6 @@ def _check_answer(answer: str, value: int, n: int) -> None:
 
 def _digit(number: int, d: int) -> int:
     return int(str(number).zfill(20)[-1 - d])
-
-
-def _roles(tok, prompt: str, answer: str, spans) -> list[str]:
-    """One role per token of prompt + answer, each tokenized on its own, by span overlap."""
-    offsets = tok(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    shifted = tok(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    offsets = list(offsets) + [(s + len(prompt), e + len(prompt)) for s, e in shifted]
-    roles = []
-    for start, end in offsets:
-        hits = [sp["role"] for sp in spans if max(start, sp["start"]) < min(end, sp["end"])]
-        assert hits, f"token at {start}:{end} overlaps no span"
-        roles.append(hits[0])
-    return roles
 
 
 @pytest.mark.parametrize("options", [{}, SMALL])
@@ -100,7 +88,7 @@ def test_spans_cover_every_character_and_roles_every_token(options):
         text = row["prompt"] + row["answer"]
         covered = sorted(p for sp in row["spans"] for p in range(sp["start"], sp["end"]))
         assert covered == list(range(len(text)))
-        roles = _roles(tok, row["prompt"], row["answer"], row["spans"])
+        roles = roles_by_overlap(tok, row["prompt"], row["answer"], row["spans"])
         assert roles == expected
         # the role's digit is the operand's or the result's digit of that significance
         chars = dict(zip(roles, text))
@@ -136,7 +124,7 @@ def test_pairs_change_the_class_digit_and_the_answer(options, feature):
     tok = arithmetic.tokenizer({}, [], vocab_size=0)
     changed_at = n - 1 - d if feature == "X_DIGIT" else 2 * n - d  # the digit's character
     for row in df.to_dict("records"):
-        assert _roles(tok, row["clean_prompt"], row["clean_answer"], row["spans"])[n] == "op"
+        assert roles_by_overlap(tok, row["clean_prompt"], row["clean_answer"], row["spans"])[n] == "op"
         x, symbol, y = _parse(row["clean_prompt"], n)
         cx, csymbol, cy = _parse(row["corrupt_prompt"], n)
         assert symbol == csymbol

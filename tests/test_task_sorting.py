@@ -5,6 +5,7 @@ from transformers import AutoTokenizer
 
 from circuitflow.errors import ConfigError
 from circuitflow.tasks import sorting
+from span_roles import roles_by_overlap
 
 SMALL = {"length": 5, "max_value": 3, "class_output": 2}
 RARE_REPEATS = {"length": 5, "max_value": 999, "class_output": 2}
@@ -12,19 +13,6 @@ RARE_REPEATS = {"length": 5, "max_value": 999, "class_output": 2}
 
 def _words(text: str) -> list[int]:
     return [int(w) for w in text.split() if w not in ("START", "STOP")]
-
-
-def _roles(tok, prompt: str, answer: str, spans) -> list[str]:
-    """One role per token of prompt + answer, each tokenized on its own, by span overlap."""
-    offsets = tok(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    shifted = tok(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    offsets = list(offsets) + [(s + len(prompt), e + len(prompt)) for s, e in shifted]
-    roles = []
-    for start, end in offsets:
-        hits = [sp["role"] for sp in spans if max(start, sp["start"]) < min(end, sp["end"])]
-        assert hits, f"token at {start}:{end} overlaps no span"
-        roles.append(hits[0])
-    return roles
 
 
 @pytest.mark.parametrize("options", [{}, SMALL])
@@ -67,7 +55,7 @@ def test_spans_cover_every_character_and_roles_every_token(options):
         text = row["prompt"] + row["answer"]
         covered = sorted(p for sp in row["spans"] for p in range(sp["start"], sp["end"]))
         assert covered == list(range(len(text)))  # disjoint, and nothing left out
-        roles = _roles(tok, row["prompt"], row["answer"], row["spans"])
+        roles = roles_by_overlap(tok, row["prompt"], row["answer"], row["spans"])
         n = len(row["values"])
         assert roles == (["start"] + [f"in_{i}" for i in range(1, n + 1)] + ["stop"]
                          + [f"out_{k}" for k in range(1, n + 1)])
@@ -115,7 +103,7 @@ def test_pairs_change_one_input_and_the_answer(options):
                 + len(tok(answer, add_special_tokens=False)["input_ids"]))
 
     for row in df.to_dict("records"):
-        roles = _roles(tok, row["clean_prompt"], row["clean_answer"], row["spans"])
+        roles = roles_by_overlap(tok, row["clean_prompt"], row["clean_answer"], row["spans"])
         assert roles[0] == "start" and roles[-1] == f"out_{len(roles) // 2 - 1}"
         clean, corrupt = _words(row["clean_prompt"]), _words(row["corrupt_prompt"])
         assert sum(a != b for a, b in zip(clean, corrupt)) == 1 and len(clean) == len(corrupt)
