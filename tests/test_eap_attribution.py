@@ -8,6 +8,7 @@ attention, RMSNorm) compute in float32 inside transformers, hence the tolerance.
 """
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from circuitflow.eap.attribution import attribute, run_stage, top_edge_table
+from circuitflow.eap.attribution import attribute, conditioning, run_stage, top_edge_table
 from circuitflow.eap.batches import PairBatch, logit_diff
 from circuitflow.eap.bridge import EdgeModel
 from circuitflow.eap.graph import Graph
@@ -69,7 +70,7 @@ def nudged_metric(model, batch, corrupt, edge, eps):
 def test_every_score_is_the_finite_difference_of_patching_its_edge(tiny_model_dir, arch):
     model = edge_model(tiny_model_dir, arch)
     batch = random_batch()
-    scores, clean_diff, corrupt_diff = attribute(model, batch)
+    scores, _, corrupt_diff, _ = attribute(model, batch)
     corrupt = model.upstream_buffer(batch.corrupt)
     with torch.no_grad():
         corrupt_logits = model.run(batch.corrupt, record=corrupt)
@@ -88,10 +89,10 @@ def test_every_score_is_the_finite_difference_of_patching_its_edge(tiny_model_di
 def test_ig_with_one_step_is_eap_and_more_steps_differ(tiny_model_dir):
     model = edge_model(tiny_model_dir, "gpt2")
     batch = random_batch(seed=1)
-    eap, clean, corrupt = attribute(model, batch)
+    eap, clean, corrupt, says_clean = attribute(model, batch)
     assert torch.equal(attribute(model, batch, ig_steps=1)[0], eap)
-    ig, ig_clean, ig_corrupt = attribute(model, batch, ig_steps=4)
-    assert (ig_clean, ig_corrupt) == (clean, corrupt)
+    ig, ig_clean, ig_corrupt, ig_says_clean = attribute(model, batch, ig_steps=4)
+    assert (ig_clean, ig_corrupt, ig_says_clean) == (clean, corrupt, says_clean)
     assert not torch.allclose(ig, eap)
 
 
@@ -217,26 +218,34 @@ def write_pairs(path, seed=0, batches=2, rows=3, vocab=300):
     return path
 
 
-def eap_params(directory, method="eap", top_n=5):
+def eap_params(directory, method="eap", top_n=5, min_logit_diff=0.0):
     """The params the workflow gives the eap stage: ``ig_steps`` only under eap-ig."""
-    eap = {"method": method, "top_n": top_n, **({"ig_steps": 3} if method == "eap-ig" else {})}
+    eap = {"method": method, "top_n": top_n, "min_logit_diff": min_logit_diff,
+           **({"ig_steps": 3} if method == "eap-ig" else {})}
     return Params("eap", {
         "model": {"source": "local", "path": str(directory), "name": "tiny"}, "device": "cpu",
         "dataset": "cs1", "feature": "ENGTABLENAME", "eap": eap,
     })
 
 
+def eap_outputs(directory):
+    """The eap stage's output paths in ``directory``, by output name."""
+    return {name: directory / file for name, file in (
+        ("edges", "edges.parquet"), ("top_edges", "top_edges.parquet"),
+        ("results_json", "eap_results.json"), ("graph_json", "graph.json"),
+    )}
+
+
 def test_run_stage_outputs(tiny_model_dir, tmp_path):
     pairs = write_pairs(tmp_path / "pairs.parquet")
-    out = {name: tmp_path / f"{name}.{ext}" for name, ext in
-           (("edges", "parquet"), ("top_edges", "parquet"), ("results_json", "json"))}
+    out = eap_outputs(tmp_path)
     paths = {name: str(path) for name, path in out.items()}
     run_stage(eap_params(tiny_model_dir("gpt2")), pairs=str(pairs), **paths)
     edges = read_table(out["edges"], ["batch", "upstream", "downstream", "score"])
     g = Graph(2, 4, 4)
     assert len(edges) == 2 * len(g.edges[0]) and sorted(edges["batch"].unique()) == [0, 1]
     top = read_table(out["top_edges"], ["upstream", "downstream", "score", "n_batches_in_top",
-                                        "in_top_every_batch"])
+                                        "in_top_every_batch", "ill_conditioned"])
     mean = edges.groupby(["upstream", "downstream"])["score"].mean()
     expected = [mean[(u, d)] for u, d in zip(top["upstream"], top["downstream"])]
     assert top["score"].tolist() == pytest.approx(expected)
@@ -246,17 +255,21 @@ def test_run_stage_outputs(tiny_model_dir, tmp_path):
     assert results["metadata"]["n_layers"] == 2 and results["metadata"]["n_batches"] == 2
     assert results["metadata"]["dataset"] == "cs1" and "commandset" not in results["metadata"]
     assert results["metadata"]["feature_name"] == "ENGTABLENAME"
-    assert results["metadata"]["method"] == "eap" and results["metadata"]["ig_steps"] == 1
+    assert results["metadata"]["method"] == "eap" and results["metadata"]["ig_steps"] is None
     params = results["parameters"]
     assert params["clean_metric"] == pytest.approx(1.0)
     assert params["corrupt_metric"] == pytest.approx(0.0)
     assert [e["from_edge"] for e in results["edges"]] == top["upstream"].tolist()
     assert {"from_edge", "to_edge", "score"} == set(results["edges"][0])
+    diagnostics = results["diagnostics"]
+    assert diagnostics["ill_conditioned"] is (diagnostics["reason"] is not None)
+    assert (top["ill_conditioned"] == diagnostics["ill_conditioned"]).all()
 
 
 def test_run_stage_under_eap_ig_reads_ig_steps(tiny_model_dir, tmp_path):
     pairs = str(write_pairs(tmp_path / "pairs.parquet"))
-    outputs = {"edges": "edges.parquet", "top_edges": "top.parquet", "results_json": "r.json"}
+    outputs = {"edges": "edges.parquet", "top_edges": "top.parquet", "results_json": "r.json",
+               "graph_json": "graph.json"}
     for method in ("eap", "eap-ig"):
         (tmp_path / method).mkdir()
         paths = {name: str(tmp_path / method / file) for name, file in outputs.items()}
@@ -273,8 +286,140 @@ def test_a_batch_split_for_memory_scores_as_the_whole(tiny_model_dir):
 
     model = edge_model(tiny_model_dir, "gpt2")
     batch = random_batch(seed=3, lengths=(6, 4, 5, 6, 3))
-    whole, clean, corrupt = attribute(model, batch, ig_steps=2)
+    whole = attribute(model, batch, ig_steps=2)
     parts = Batches(2)  # as if the GPU held only two rows: slices of 2, 2 and 1
-    split, split_clean, split_corrupt = attribute_in_parts(model, batch, 2, parts)
-    assert torch.allclose(split, whole, atol=1e-10)
-    assert split_clean == pytest.approx(clean) and split_corrupt == pytest.approx(corrupt)
+    split = attribute_in_parts(model, batch, 2, parts)
+    assert torch.allclose(split.scores, whole.scores, atol=1e-10)
+    assert split[1:] == pytest.approx(whole[1:])
+
+
+def test_conditioning_flags_a_small_gap_or_a_corruption_that_keeps_the_answer():
+    fine = conditioning(3.0, 1.5, corrupt_says_clean=0.5, min_logit_diff=1.0)
+    assert fine["ill_conditioned"] is False and fine["reason"] is None
+    assert fine["logit_diff_gap"] == 1.5
+    close = conditioning(27.83, 27.80, corrupt_says_clean=0.0, min_logit_diff=1.0)
+    assert close["ill_conditioned"] and "min_logit_diff" in close["reason"]
+    assert close["logit_diff_gap"] == pytest.approx(0.03)
+    # The gap's sign does not matter, only its size.
+    assert conditioning(1.0, 1.9, 0.0, 1.0)["ill_conditioned"]
+    assert not conditioning(1.0, 2.1, 0.0, 1.0)["ill_conditioned"]
+    kept = conditioning(5.0, 0.0, corrupt_says_clean=0.6, min_logit_diff=1.0)
+    assert kept["ill_conditioned"] and "60% of the corrupt prompts" in kept["reason"]
+    assert "min_logit_diff" not in kept["reason"]
+
+
+def corrupt_top_tokens(directory, pairs_path):
+    """Each pair's top next token on its corrupt prompt, from the Hugging Face model itself."""
+    hf = AutoModelForCausalLM.from_pretrained(directory).eval()
+    pairs = read_table(pairs_path)
+    with torch.no_grad():
+        return [int(hf(torch.tensor([list(ids)])).logits[0, -1].argmax())
+                for ids in pairs["corrupt_token_ids"]]
+
+
+def plant_answers(pairs_path, top, answered_clean):
+    """Make the first ``answered_clean`` pairs' clean answer the corrupt prompt's top token and
+    every other pair's clean answer a different one."""
+    pairs = read_table(pairs_path)
+    clean = [t if i < answered_clean else (t + 1) % 300 for i, t in enumerate(top)]
+    pairs["clean_answer_id"] = clean
+    pairs["corrupt_answer_id"] = [(c + 7) % 300 for c in clean]
+    write_table(pairs, pairs_path)
+
+
+def test_stage_marks_planted_ill_conditioned_pairs(tiny_model_dir, tmp_path):
+    directory = tiny_model_dir("gpt2")
+    pairs = write_pairs(tmp_path / "pairs.parquet", seed=8)  # 6 pairs
+    top = corrupt_top_tokens(directory, pairs)
+
+    plant_answers(pairs, top, answered_clean=4)
+    out = eap_outputs(tmp_path / "kept")
+    run_stage(eap_params(directory), pairs=str(pairs), **{k: str(v) for k, v in out.items()})
+    diagnostics = json.loads(out["results_json"].read_text())["diagnostics"]
+    assert diagnostics["corrupt_answered_clean_share"] == pytest.approx(4 / 6)
+    assert diagnostics["ill_conditioned"] and "67% of the corrupt prompts" in diagnostics["reason"]
+    assert read_table(out["top_edges"])["ill_conditioned"].all()
+
+    plant_answers(pairs, top, answered_clean=2)
+    # The gap, computed here on the Hugging Face model: per batch, the mean over its pairs.
+    hf = AutoModelForCausalLM.from_pretrained(directory).eval()
+    table = read_table(pairs)
+    with torch.no_grad():
+        def diff(ids, row):
+            logits = hf(torch.tensor([list(ids)])).logits[0, -1]
+            return float(logits[row.clean_answer_id] - logits[row.corrupt_answer_id])
+        table["gap"] = [diff(r.clean_token_ids, r) - diff(r.corrupt_token_ids, r)
+                        for r in table.itertuples()]
+    gap = table.groupby("batch")["gap"].mean().mean()
+    for threshold, flagged in ((abs(gap) * 1.01, True), (abs(gap) * 0.99, False)):
+        out = eap_outputs(tmp_path / str(flagged))
+        run_stage(eap_params(directory, min_logit_diff=threshold), pairs=str(pairs),
+                  **{k: str(v) for k, v in out.items()})
+        diagnostics = json.loads(out["results_json"].read_text())["diagnostics"]
+        assert diagnostics["logit_diff_gap"] == pytest.approx(gap, rel=1e-4)
+        assert diagnostics["corrupt_answered_clean_share"] == pytest.approx(2 / 6)
+        assert diagnostics["ill_conditioned"] is flagged
+        assert (read_table(out["top_edges"])["ill_conditioned"] == flagged).all()
+
+
+def eap_ig_names(upstream, downstream, n_heads, n_kv_heads):
+    """EAP-IG's edge names of one circuitflow edge, converted by hand for this test: a grouped
+    key/value receiver stands for each query head of its group."""
+    parent = re.sub(r"^l(\d+)\.h(\d+)$", r"a\1.h\2", upstream)
+    parent = re.sub(r"^l(\d+)\.mlp$", r"m\1", parent)
+    if m := re.fullmatch(r"l(\d+)\.h(\d+)\.([qkv])", downstream):
+        return [f"{parent}->a{m[1]}.h{m[2]}<{m[3]}>"]
+    if m := re.fullmatch(r"l(\d+)\.kv(\d+)\.([kv])", downstream):
+        per_group = n_heads // n_kv_heads
+        heads = range(int(m[2]) * per_group, (int(m[2]) + 1) * per_group)
+        return [f"{parent}->a{m[1]}.h{h}<{m[3]}>" for h in heads]
+    child = re.sub(r"^l(\d+)\.mlp$", r"m\1", downstream)
+    return [f"{parent}->{child}"]
+
+
+def eap_ig_edge_set(n_layers, n_heads):
+    """Every edge of EAP-IG's graph of a sequential model, built as its ``Graph.from_model``
+    does: a layer's heads read everything before the layer, its MLP also the layer's heads."""
+    residual, names = ["input"], set()
+    for layer in range(n_layers):
+        heads = [f"a{layer}.h{h}" for h in range(n_heads)]
+        names |= {f"{u}->{h}<{x}>" for u in residual for h in heads for x in "qkv"}
+        residual += heads
+        names |= {f"{u}->m{layer}" for u in residual}
+        residual.append(f"m{layer}")
+    return names | {f"{u}->logits" for u in residual}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])  # qwen2's tiny model has 2 key/value heads
+def test_graph_json_reads_back_as_the_edge_table(tiny_model_dir, tmp_path, arch):
+    directory = tiny_model_dir(arch)
+    hf_config = AutoModelForCausalLM.from_pretrained(directory).config
+    n_layers, n_heads = hf_config.num_hidden_layers, hf_config.num_attention_heads
+    n_kv = getattr(hf_config, "num_key_value_heads", None) or n_heads
+    pairs = write_pairs(tmp_path / "pairs.parquet", seed=9)
+    out = eap_outputs(tmp_path)
+    run_stage(eap_params(directory, top_n=5), pairs=str(pairs), **{k: str(v) for k, v in out.items()})
+    graph = json.loads(out["graph_json"].read_text())
+
+    assert graph["cfg"] == {"n_layers": n_layers, "n_heads": n_heads, "parallel_attn_mlp": False,
+                            "d_model": hf_config.hidden_size}
+    mean = read_table(out["edges"]).groupby(["upstream", "downstream"])["score"].mean()
+    top5 = set(mean.abs().sort_values(ascending=False).index[:5])
+    expected = {}
+    for (up, down), score in mean.items():
+        names = eap_ig_names(up, down, n_heads, n_kv)
+        for name in names:
+            expected[name] = (score / len(names), (up, down) in top5)
+    assert set(graph["edges"]) == set(expected) == eap_ig_edge_set(n_layers, n_heads)
+    for name, edge in graph["edges"].items():
+        assert edge["score"] == pytest.approx(expected[name][0], rel=1e-12, abs=0)
+        assert edge["in_graph"] is expected[name][1]
+
+    heads = [f"a{layer}.h{h}" for layer in range(n_layers) for h in range(n_heads)]
+    mlps = [f"m{layer}" for layer in range(n_layers)]
+    assert set(graph["nodes"]) == {"input", "logits", *heads, *mlps}
+    chosen = [name for name, (_, in_graph) in expected.items() if in_graph]
+    parents = {name.split("->")[0] for name in chosen}
+    children = {re.sub(r"<.>$", "", name.split("->")[1]) for name in chosen} | {"input"}
+    for name, node in graph["nodes"].items():
+        assert node == {"in_graph": name == "logits" or (name in parents and name in children)}

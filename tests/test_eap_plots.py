@@ -1,7 +1,11 @@
-"""The EAP plots show what the tables say: every edge, its sign as colour, |score| as width."""
+"""The EAP plots show what the tables say: every edge, its sign as colour, |score| as width;
+faithfulness against the share of edges, with the random band and MIB's areas."""
+
+import json
 
 import matplotlib.colors as mcolors
 import matplotlib.image as mimage
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.patches import PathPatch
@@ -17,11 +21,26 @@ EDGES = pd.DataFrame({
     "n_batches_in_top": [2, 2, 2, 1, 2, 1],
     "in_top_every_batch": [True, True, True, False, True, False],
 })
-CURVE = pd.DataFrame({
-    "circuit_size": [10, 0, 1, 2, 5, 100],
-    "n_edges_in_circuit": [10, 0, 1, 2, 5, 100],
-    "metric": [2.7, 0.0, 0.6, 1.2, 2.1, 3.0],
-    "faithfulness": [0.9, 0.0, 0.2, 0.4, 0.7, 1.0],
+TOTAL = 2000
+
+
+def curve_rows(circuit, draw, n_edges, f):
+    return pd.DataFrame({
+        "circuit": circuit, "draw": draw, "n_edges_in_circuit": n_edges,
+        "n_edges_total": TOTAL, "faithfulness": f,
+    })
+
+
+# EAP's circuits (the 20-edge circuit asked for twice: a configured size and 1 % of the edges)
+# and two random draws, out of order as a table may hold them.
+CURVE = pd.concat([
+    curve_rows("eap", None, [20, 0, 2, 20, 200, 2000], [0.6, 0.0, 0.3, 0.6, 0.9, 1.0]),
+    curve_rows("random", 0, [2, 20, 200, 2000], [0.0, 0.1, 0.3, 1.0]),
+    curve_rows("random", 1, [2, 20, 200, 2000], [0.1, 0.0, 0.5, 1.0]),
+], ignore_index=True).astype({"draw": "Int64"})
+SUMMARY = pd.DataFrame({
+    "circuit": ["eap", "random"], "ranking": ["absolute", None], "n_curves": [1, 2],
+    "cpr": [0.8123, 0.4], "cmd": [0.2345, 0.6], "cpr_std": [np.nan, 0.05], "cmd_std": [np.nan, 0.07],
 })
 
 
@@ -77,34 +96,75 @@ def test_sankey_png_draws_every_edge_by_sign_and_size():
 
 
 def test_faithfulness_curve():
-    fig = plots.faithfulness_figure(CURVE, "Circuit faithfulness: m / cs1 / DEFFIELDNAME")
+    fig = plots.faithfulness_figure(CURVE, SUMMARY, "Circuit faithfulness: m / cs1 / DEFFIELDNAME")
     ax = fig.axes[0]
-    curve, *references = ax.get_lines()
-    assert list(curve.get_xdata()) == [0, 1, 2, 5, 10, 100]
-    assert list(curve.get_ydata()) == [0.0, 0.2, 0.4, 0.7, 0.9, 1.0]
+    curve, random_mean, *references = ax.get_lines()
+    assert list(curve.get_xdata()) == pytest.approx([0, 0.1, 1, 10, 100])  # % of 2000 edges
+    assert list(curve.get_ydata()) == [0.0, 0.3, 0.6, 0.9, 1.0]
+    assert list(random_mean.get_ydata()) == pytest.approx([0.05, 0.05, 0.4, 1.0])
     assert sorted(line.get_ydata()[0] for line in references) == [0, 1]
-    assert ax.get_xscale() == "symlog"
-    assert "faithfulness" in ax.get_ylabel() and "k" in ax.get_xlabel()
-    assert "DEFFIELDNAME" in ax.get_title()
+    # The band spans the draws' range at every size.
+    (band,) = ax.collections
+    vertices = band.get_paths()[0].vertices
+    for x, low, high in zip([0.1, 1, 10, 100], [0.0, 0.0, 0.3, 1.0], [0.1, 0.1, 0.5, 1.0]):
+        at_x = vertices[np.isclose(vertices[:, 0], x), 1]
+        assert at_x.min() == pytest.approx(low) and at_x.max() == pytest.approx(high)
+    assert ax.get_xscale() == "symlog" and ax.xaxis.get_transform().linthresh == pytest.approx(0.1)
+    assert "faithfulness" in ax.get_ylabel() and "% of the graph's edges" in ax.get_xlabel()
+    assert "DEFFIELDNAME" in ax.get_title() and "2,000 edges" in ax.get_title()
+    legend = " | ".join(t.get_text() for t in ax.get_legend().get_texts())
+    assert "|score|: CPR 0.812, CMD 0.234" in legend
+    assert "range of 2 draws: CPR 0.400 ± 0.050, CMD 0.600 ± 0.070" in legend
+    assert not fig.texts
 
 
-def test_run_stage_writes_all_three_plots(tmp_path):
+def test_faithfulness_figure_says_when_the_run_is_ill_conditioned():
+    signed = SUMMARY.assign(ranking=["signed", None])
+    fig = plots.faithfulness_figure(CURVE, signed, "t", warning="the gap is 0.03 logits")
+    (text,) = fig.texts
+    assert "Ill-conditioned" in text.get_text() and "the gap is 0.03 logits" in text.get_text()
+    assert "signed score" in " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def test_faithfulness_figure_without_random_circuits():
+    fig = plots.faithfulness_figure(CURVE[CURVE["circuit"] == "eap"], SUMMARY.iloc[:1], "t")
+    assert not fig.axes[0].collections and len(fig.axes[0].get_lines()) == 3
+
+
+def write_results_json(path, reason):
+    path.write_text(json.dumps({"diagnostics": {"ill_conditioned": reason is not None,
+                                                "reason": reason}}))
+
+
+@pytest.mark.parametrize("reason", [None, "the gap is 0.03 logits"])
+def test_run_stage_writes_all_three_plots(tmp_path, reason):
     EDGES.to_parquet(tmp_path / "top_edges.parquet")
     CURVE.to_parquet(tmp_path / "faithfulness.parquet")
+    SUMMARY.to_parquet(tmp_path / "faithfulness_summary.parquet")
+    write_results_json(tmp_path / "eap_results.json", reason)
     names = ("sankey_html", "sankey_png", "faithfulness_png")
     out = {name: tmp_path / name.replace("_", ".", 1) for name in names}
     plots.STAGE.run(
         Params(plots.STAGE.name, {"plots": {"dpi": 60}, "model": "tinysql", "dataset": "cs2",
                                   "feature": "ENGFIELDNAME"}),
         top_edges=str(tmp_path / "top_edges.parquet"), faithfulness=str(tmp_path / "faithfulness.parquet"),
+        faithfulness_summary=str(tmp_path / "faithfulness_summary.parquet"),
+        results_json=str(tmp_path / "eap_results.json"),
         **{k: str(v) for k, v in out.items()},
     )
     html = out["sankey_html"].read_text()
     assert '"type":"sankey"' in html and "l1.h3.q" in html
     assert "tinysql \\u002f cs2 \\u002f ENGFIELDNAME" in html  # plotly escapes the slashes
+    assert ("ILL-CONDITIONED" in html) is (reason is not None)
     for png in ("sankey_png", "faithfulness_png"):
         height, width, _ = mimage.imread(out[png]).shape
         assert height > 100 and width > 100
+
+
+def test_run_stage_refuses_results_without_diagnostics(tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(plots.JsonFileError, match="no diagnostics block"):
+        plots.ill_conditioned_reason(str(tmp_path / "r.json"))
 
 
 def test_no_edges_still_plots(tmp_path):

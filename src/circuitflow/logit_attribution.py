@@ -17,8 +17,8 @@ exactly (to float rounding; a model whose components do not add up is refused).
 Examples: the first ``logit_attribution.n_examples`` correct ones by example_id. Answer
 positions: t = n_prompt - 1 .. n_prompt + n_answer - 2, where the model predicts answer token
 k = t - n_prompt + 1 (``answer_index``); ``role`` is the role of the token at t, ``next_role``
-that of the token predicted. Attribution to clean minus corrupt answer (pairs.parquet) is not
-done here yet.
+that of the token predicted. Attribution to clean minus corrupt answer on the pairs of an EAP
+feature: ``circuitflow.pair_logit_attribution``.
 """
 
 from __future__ import annotations
@@ -83,11 +83,18 @@ def components(weights: ModelWeights) -> list[Component]:
     return out
 
 
-def attribute(model, weights: ModelWeights, tokens: torch.Tensor, targets: torch.Tensor):
+def attribute(model, weights: ModelWeights, tokens: torch.Tensor, targets: torch.Tensor,
+              against: torch.Tensor | None = None):
     """[components, batch, pos] contributions to the logit of ``targets`` [batch, pos] at every
-    position of ``tokens`` [batch, pos], in ``components(weights)`` order."""
+    position of ``tokens`` [batch, pos], in ``components(weights)`` order; given ``against``
+    [batch, pos], to logit(targets) − logit(against), read along W_U[targets] − W_U[against]."""
     layout, final = weights.layout, weights.final_norm
     unembed = weights.W_U[targets]
+    unembed_bias = None if weights.b_U is None else weights.b_U[targets]
+    if against is not None:
+        unembed = unembed - weights.W_U[against]
+        if unembed_bias is not None:
+            unembed_bias = unembed_bias - weights.b_U[against]
     # centred(c) · D = c · centred(D): centre the reading direction once instead of each c.
     reading = final.centred(unembed * final.weight)
     written: dict[str, torch.Tensor] = {}  # each writer's output · reading, [batch, pos]
@@ -138,8 +145,8 @@ def attribute(model, weights: ModelWeights, tokens: torch.Tensor, targets: torch
         extra = []
         if final.bias is not None:
             extra.append(unembed @ final.bias)
-        if weights.b_U is not None:
-            extra.append(weights.b_U[targets])
+        if unembed_bias is not None:
+            extra.append(unembed_bias)
         return torch.cat([values, torch.stack(extra)]) if extra else values
 
 

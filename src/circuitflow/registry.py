@@ -20,5 +20,6 @@ REGISTRY = {
     "node-pca": "circuitflow.node_pca",
     "weight-circuits": "circuitflow.weight_circuits",
     "logit-attribution": "circuitflow.logit_attribution",
+    "pair-logit-attribution": "circuitflow.pair_logit_attribution",
     "summary": "circuitflow.summary",
 }

@@ -61,3 +61,28 @@ rule logit_attribution:
         "results/benchmarks/logit_attribution/{model}_{dataset}.tsv"
     shell:
         stage_command("logit-attribution")
+
+
+rule pair_logit_attribution:
+    input:
+        unpack(stage_input("pair-logit-attribution", pairs=rules.corrupt_pairs.output.out)),
+    output:
+        table="results/{model}/{dataset}/eap/{feature}/pair_logit_attribution.parquet",
+        plot=report(
+            "results/{model}/{dataset}/eap/{feature}/pair_logit_attribution.png",
+            caption="../report/pair_logit_attribution.rst", category="Weight circuits",
+            subcategory="{model} {dataset}",
+            labels={"feature": "{feature}", "figure": "Logit attribution, clean - corrupt"},
+        ),
+    params:
+        settings=stage_params("pair-logit-attribution"),
+    resources:
+        gpu=1,
+    conda:
+        CONDA_ENV
+    log:
+        "results/logs/pair_logit_attribution/{model}_{dataset}_{feature}.log",
+    benchmark:
+        "results/benchmarks/pair_logit_attribution/{model}_{dataset}_{feature}.tsv"
+    shell:
+        stage_command("pair-logit-attribution")

@@ -26,6 +26,7 @@ rule eap:
         edges="results/{model}/{dataset}/eap/{feature}/edges.parquet",
         top_edges="results/{model}/{dataset}/eap/{feature}/top_edges.parquet",
         results_json="results/{model}/{dataset}/eap/{feature}/eap_results.json",
+        graph_json="results/{model}/{dataset}/eap/{feature}/graph.json",
     params:
         settings=stage_params("eap"),
     resources:
@@ -47,6 +48,7 @@ rule faithfulness:
         )),
     output:
         out="results/{model}/{dataset}/eap/{feature}/faithfulness.parquet",
+        summary="results/{model}/{dataset}/eap/{feature}/faithfulness_summary.parquet",
     params:
         settings=stage_params("faithfulness"),
     resources:
@@ -66,6 +68,8 @@ rule eap_plots:
         unpack(stage_input(
             "eap-plots", top_edges=rules.eap.output.top_edges,
             faithfulness=rules.faithfulness.output.out,
+            faithfulness_summary=rules.faithfulness.output.summary,
+            results_json=rules.eap.output.results_json,
         )),
     output:
         sankey_html=report(

@@ -18,6 +18,7 @@ def all_targets():
         *[f"results/{m}/{d}/pruning/circuit.json" for m, d in PAIR_RUNS],
         *[
             f"results/{m}/{d}/eap/{f}/{output}" for m, d, f in FEATURE_RUNS
-            for output in ("eap_results.json", "sankey.html", "sankey.png", "faithfulness.png")
+            for output in ("eap_results.json", "graph.json", "sankey.html", "sankey.png", "faithfulness.png",
+                           "pair_logit_attribution.png")
         ],
     ]

@@ -9,15 +9,19 @@ wide as its |score|.
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyBboxPatch, PathPatch
 from matplotlib.path import Path
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import FuncFormatter
 
 from circuitflow import nodes
+from circuitflow.errors import JsonFileError
+from circuitflow.json_files import read_json
 from circuitflow.outputs import atomic_path, save_figure
 from circuitflow.tables import read_table
 from circuitflow.stage import Stage
@@ -25,7 +29,8 @@ from circuitflow.stage import Stage
 POSITIVE = "rgba(31, 78, 216, 0.45)"
 NEGATIVE = "rgba(214, 39, 40, 0.45)"
 TOP_EDGE_COLUMNS = ["upstream", "downstream", "score", "rank", "in_top_every_batch"]
-FAITHFULNESS_COLUMNS = ["circuit_size", "faithfulness"]
+FAITHFULNESS_COLUMNS = ["circuit", "draw", "n_edges_in_circuit", "n_edges_total", "faithfulness"]
+SUMMARY_COLUMNS = ["circuit", "ranking", "n_curves", "cpr", "cmd", "cpr_std", "cmd_std"]
 
 
 def node_position(name: str) -> tuple[float, tuple]:
@@ -154,40 +159,89 @@ def sankey_png_figure(edges: pd.DataFrame, title: str):
     return fig
 
 
-def faithfulness_figure(curve: pd.DataFrame, title: str):
-    curve = curve.sort_values("circuit_size")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(curve["circuit_size"], curve["faithfulness"], marker="o", color="tab:blue")
+def faithfulness_figure(curve: pd.DataFrame, summary: pd.DataFrame, title: str,
+                        warning: str | None = None):
+    """Faithfulness against the share of the graph's edges in the circuit (log axis): EAP's
+    circuits as a line, the random circuits' range over draws as a band, CPR and CMD in the
+    legend; ``warning`` (why the run is ill-conditioned) in words under the plot."""
+    total = int(curve["n_edges_total"].iloc[0])
+    areas = summary.set_index("circuit")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    eap = curve[curve["circuit"] == "eap"].drop_duplicates("n_edges_in_circuit")
+    eap = eap.sort_values("n_edges_in_circuit")
+    percent = 100 * eap["n_edges_in_circuit"] / total
+    ranking = areas.loc["eap", "ranking"]
+    ax.plot(percent, eap["faithfulness"], marker="o", color="tab:blue", zorder=3, label=(
+        f"EAP top edges by {'|score|' if ranking == 'absolute' else 'signed score'}: "
+        f"CPR {areas.loc['eap', 'cpr']:.3f}, CMD {areas.loc['eap', 'cmd']:.3f}"
+    ))
+    random = curve[curve["circuit"] == "random"]
+    if len(random):
+        band = random.groupby("n_edges_in_circuit")["faithfulness"].agg(["min", "max", "mean"])
+        x = 100 * band.index.to_numpy() / total
+        a = areas.loc["random"]
+
+        def spread(std: float) -> str:  # none from a single draw
+            return "" if pd.isna(std) else f" ± {std:.3f}"
+
+        ax.fill_between(x, band["min"], band["max"], color="gray", alpha=0.3, lw=0, label=(
+            f"random circuits, range of {a['n_curves']} draws: CPR {a['cpr']:.3f}"
+            f"{spread(a['cpr_std'])}, CMD {a['cmd']:.3f}{spread(a['cmd_std'])}"
+        ))
+        ax.plot(x, band["mean"], color="gray", lw=1, ls="-.", label="random circuits, mean")
     ax.axhline(1, color="gray", ls="--", lw=1, label="full model (1)")
     ax.axhline(0, color="gray", ls=":", lw=1, label="corrupt input (0)")
-    # symlog: logarithmic from 1 on, but a circuit of 0 edges still has a place.
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlim(left=-0.3)
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.set_xlabel("circuit size k (top-k edges by |score|)")
+    # Logarithmic from the smallest circuit on; linear below it, so an empty circuit still shows.
+    smallest = percent[percent > 0].min() if (percent > 0).any() else 100.0
+    ax.set_xscale("symlog", linthresh=smallest)
+    ax.set_xlim(0, 100)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.set_xlabel("edges in the circuit (% of the graph's edges)")
     ax.set_ylabel("normalised faithfulness")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.set_title(f"{title}\n{total:,} edges in the graph")
+    ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
+    if warning:
+        fig.text(0.5, -0.02, textwrap.fill(
+            f"Ill-conditioned EAP result: {warning}. Faithfulness is unreliable.", 100
+        ), ha="center", va="top", fontsize=8, color="darkred", wrap=True)
     return fig
 
 
+def ill_conditioned_reason(results_json: str) -> str | None:
+    """Why eap_results.json marks its run ill-conditioned, or None when it does not."""
+    results = read_json(results_json)
+    diagnostics = results.get("diagnostics") if isinstance(results, dict) else None
+    if not isinstance(diagnostics, dict) or "ill_conditioned" not in diagnostics:
+        raise JsonFileError(f"{results_json}: no diagnostics block; run rule eap again to rebuild it")
+    return diagnostics["reason"] if diagnostics["ill_conditioned"] else None
+
+
 def run_stage(
-    params: dict, top_edges: str, faithfulness: str,
-    sankey_html: str, sankey_png: str, faithfulness_png: str,
+    params: dict, top_edges: str, faithfulness: str, faithfulness_summary: str,
+    results_json: str, sankey_html: str, sankey_png: str, faithfulness_png: str,
 ) -> None:
     edges = read_table(top_edges, columns=TOP_EDGE_COLUMNS)
     curve = read_table(faithfulness, columns=FAITHFULNESS_COLUMNS)
+    summary = read_table(faithfulness_summary, columns=SUMMARY_COLUMNS)
+    warning = ill_conditioned_reason(results_json)
     about = f"{params['model']} / {params['dataset']} / {params['feature']}"
+    sankey_title = f"EAP top edges: {about}" + (
+        " (ILL-CONDITIONED: see eap_results.json)" if warning else ""
+    )
     dpi = params["plots"]["dpi"]
     with atomic_path(sankey_html) as tmp:
         # The plotly library is embedded so the page opens without network access.
-        sankey_figure(edges, f"EAP top edges: {about}").write_html(tmp, include_plotlyjs=True)
-    save_figure(sankey_png_figure(edges, f"EAP top edges: {about}"), sankey_png, dpi=dpi)
-    save_figure(faithfulness_figure(curve, f"Circuit faithfulness: {about}"), faithfulness_png, dpi=dpi)
+        sankey_figure(edges, sankey_title).write_html(tmp, include_plotlyjs=True)
+    save_figure(sankey_png_figure(edges, sankey_title), sankey_png, dpi=dpi)
+    save_figure(
+        faithfulness_figure(curve, summary, f"Circuit faithfulness: {about}", warning),
+        faithfulness_png, dpi=dpi,
+    )
 
 
 STAGE = Stage(
-    "eap-plots", run_stage, ("top_edges", "faithfulness"), ("sankey_html", "sankey_png", "faithfulness_png"),
+    "eap-plots", run_stage, ("top_edges", "faithfulness", "faithfulness_summary", "results_json"),
+    ("sankey_html", "sankey_png", "faithfulness_png"),
     reads=("plots",), job=("model", "dataset", "feature"),
 )
