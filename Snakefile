@@ -12,6 +12,7 @@ include: "workflow/rules/circuits.smk"
 include: "workflow/rules/pca.smk"
 include: "workflow/rules/pruning.smk"
 include: "workflow/rules/summary.smk"
+include: "workflow/rules/interactive.smk"
 
 
 rule all:

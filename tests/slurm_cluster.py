@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import debian_packages
+
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 COMMANDS = ("slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "munged", "munge")
 PARTITION = "debug"
@@ -33,23 +35,11 @@ class SlurmUnavailable(Exception):
     """SLURM cannot be installed or started here: the caller skips, printing why."""
 
 
-def ensure_installed(timeout: int = 300) -> None:
-    if all(shutil.which(c) for c in COMMANDS):
-        return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise SlurmUnavailable("SLURM is not installed, and installing it needs root and apt-get")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    steps = (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES],
-    )
-    for step in steps:
-        try:
-            result = subprocess.run(step, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise SlurmUnavailable(f"`{' '.join(step)}` took more than {timeout} s") from None
-        if result.returncode != 0:
-            raise SlurmUnavailable(f"`{' '.join(step)}` failed: {result.stderr.strip()[-1000:]}")
+def ensure_installed() -> None:
+    try:
+        debian_packages.ensure_installed(COMMANDS, PACKAGES)
+    except debian_packages.Unavailable as reason:
+        raise SlurmUnavailable(str(reason)) from None
 
 
 @dataclass

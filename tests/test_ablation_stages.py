@@ -68,7 +68,7 @@ def stage_outputs(tiny_model_dir, tmp_path_factory):
     out = {name: tmp / name for name in (
         "position_ablation.parquet", "position_summary.parquet", "node_ablation_detail.parquet",
         "node_ablation.parquet", "node_ablation_by_role.parquet", "useful_nodes.json",
-        "heatmaps.png", "heatmaps.html", "positions.png", "quanta.png", "roles.png",
+        "heatmaps.png", "heatmaps.plotly.json", "positions.png", "quanta.png", "roles.png",
     )}
     run(positions, params, clean=str(tmp / "clean.parquet"),
         detail=out["position_ablation.parquet"], summary=out["position_summary.parquet"])
@@ -81,7 +81,7 @@ def stage_outputs(tiny_model_dir, tmp_path_factory):
         {"plots": {"dpi": 60, "min_count": 5}, "model": "tiny", "dataset": "cs1"},
         nodes=out["node_ablation.parquet"], positions=out["position_summary.parquet"],
         by_role=out["node_ablation_by_role.parquet"], useful=out["useful_nodes.json"],
-        heatmaps=out["heatmaps.png"], heatmaps_page=out["heatmaps.html"],
+        heatmaps=out["heatmaps.png"], heatmaps_interactive=out["heatmaps.plotly.json"],
         position_chart=out["positions.png"], quanta_map=out["quanta.png"],
         role_heatmap=out["roles.png"],
     )
@@ -216,7 +216,7 @@ def test_cells_resting_on_few_examples_are_greyed(min_count, masked):
     if not masked:
         assert rates[:, 2].tolist() == [100, 100]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0 r n=6", "1 r n=6", "2 r n=2"]
-    page = plots.heatmaps_html(summary, "planted", min_count)
+    page = plots.interactive_heatmaps(summary, "planted", min_count)
     coloured, greyed = page.data
     assert np.isnan(np.asarray(coloured.z, float)[:, 2]).tolist() == [masked, masked]
     assert (~np.isnan(np.asarray(greyed.z, float)[:, 2])).tolist() == [masked, masked]
@@ -359,8 +359,8 @@ def test_plot_files_are_readable_images(stage_outputs):
         image = matplotlib.image.imread(out[name])
         assert image.shape[0] > 100 and image.shape[1] > 200, name
         assert image[..., :3].std() > 0.05, f"{name} is blank"
-    page = out["heatmaps.html"].read_text()
-    assert "plotly" in page and "layer 1" in page and "eng_table" in page
+    page = out["heatmaps.plotly.json"].read_text()
+    assert "layer 1" in page and "eng_table" in page
 
 
 def test_no_correct_example_gives_empty_tables_and_plots(stage_outputs, tmp_path):
@@ -384,7 +384,7 @@ def test_no_correct_example_gives_empty_tables_and_plots(stage_outputs, tmp_path
         plots,
         {"plots": {"dpi": 50, "min_count": 5}, "model": "tiny", "dataset": "cs1"},
         nodes=paths["summary"], positions=tmp_path / "ps.parquet", by_role=paths["by_role"],
-        useful=paths["useful"], heatmaps=tmp_path / "h.png", heatmaps_page=tmp_path / "h.html",
+        useful=paths["useful"], heatmaps=tmp_path / "h.png", heatmaps_interactive=tmp_path / "h.plotly.json",
         position_chart=tmp_path / "p.png", quanta_map=tmp_path / "q.png",
         role_heatmap=tmp_path / "r.png",
     )

@@ -7,10 +7,13 @@ import matplotlib.colors as mcolors
 import matplotlib.image as mimage
 import numpy as np
 import pandas as pd
+import plotly.io
 import pytest
-from matplotlib.patches import PathPatch
+from matplotlib.legend import Legend
+from matplotlib.patches import FancyBboxPatch, PathPatch
 
-from circuitflow.eap import plots
+from circuitflow.eap import diagnostics, plots, sankey
+from circuitflow.errors import JsonFileError
 from circuitflow.stage import Params
 
 EDGES = pd.DataFrame({
@@ -44,55 +47,212 @@ SUMMARY = pd.DataFrame({
 })
 
 
-def test_nodes_are_layered_from_input_to_logits():
-    positions = plots.layout(EDGES)
+# Grouped-query attention: key/value inputs belong to a key/value head, not to a query head.
+GQA_EDGES = pd.DataFrame({
+    "upstream": ["input", "input", "l0.mlp", "l1.h0"],
+    "downstream": ["l1.h0.q", "l1.kv0.k", "l1.kv0.v", "logits"],
+    "score": [0.4, -0.3, 0.2, 0.6],
+    "rank": [2, 3, 4, 1],
+    "in_top_every_batch": [True, True, False, True],
+})
+# Links that skip columns, some from the bottom of a tall column, some over every column.
+SKIPPING_EDGES = pd.DataFrame({
+    "upstream": ["input", "l0.h5", "l0.h0", "input", "l0.h3", "l1.h3", "l0.mlp", "l0.h2",
+                 "l2.h1", "l0.h4", "l0.h1"],
+    "downstream": ["logits", "l2.h1.q", "l1.mlp", "l1.h2.v", "l1.h0.k", "logits", "l1.h1.q",
+                   "l0.mlp", "logits", "l2.mlp", "l1.h3.q"],
+    "score": [0.9, -0.5, 0.4, 0.3, -0.2, 0.7, 0.1, 0.6, 0.8, 0.35, 0.25],
+    "rank": [1, 5, 6, 8, 10, 3, 11, 4, 2, 7, 9],
+    "in_top_every_batch": [True] * 11,
+})
+
+
+def boxes_of(geometry):
+    return {box.name: box for box in geometry.boxes}
+
+
+def inside(box, x, y):
+    """Strictly inside: a link that ends on a box's side is not in it."""
+    return box.x0 < x < box.x1 and box.y0 < y < box.y1
+
+
+def test_components_are_layered_from_input_to_logits():
+    positions = sankey.layout(EDGES)
     column = {name: col for name, (col, _, _) in positions.items()}
     assert column["input"] == 0 and column["logits"] == max(column.values())
     assert column["l0.h1"] == column["l0.h10"] < column["l0.mlp"] < column["l1.h3"] < column["l1.mlp"]
-    # A receiver sits in its head's column, after the head's output, in q, k, v order.
-    assert column["l1.h3.q"] == column["l1.h3.k"] == column["l1.h3"]
-    assert positions["l1.h3"][1] < positions["l1.h3.q"][1] < positions["l1.h3.k"][1]
+    # A head's receivers are ports of its box, not boxes of their own.
+    assert not {"l1.h3.q", "l1.h3.k"} & set(positions)
     # Heads in numeric, not string, order.
     assert positions["l0.h1"][1] < positions["l0.h10"][1]
-    # Grouped-query attention: shared key/value receivers follow the layer's heads.
-    assert plots.node_position("l1.h7.q") < plots.node_position("l1.kv0.k") < plots.node_position("l1.mlp")
+    # Grouped-query attention: a key/value head's box follows the layer's heads, in their column.
+    gqa = sankey.layout(GQA_EDGES)
+    assert gqa["l1.kv0"][0] == gqa["l1.h0"][0] and gqa["l1.kv0"][1] > gqa["l1.h0"][1]
+    assert sankey.node_position("l1.h7.q") < sankey.node_position("l1.kv0.k") < sankey.node_position("l1.mlp")
     with pytest.raises(ValueError, match="not a node name"):
-        plots.node_position("blocks.0.attn")
+        sankey.node_position("blocks.0.attn")
 
 
-def test_sankey_links_match_edges():
-    fig = plots.sankey_figure(EDGES, "EAP top edges: m / cs1 / ENGTABLENAME")
-    sankey = fig.data[0]
-    names = list(sankey.node.label)
-    links = list(zip(sankey.link.source, sankey.link.target, sankey.link.value, sankey.link.color))
+@pytest.mark.parametrize("edges", [EDGES, EDGES[EDGES["upstream"] != "l1.h3"]],
+                         ids=["head writes", "head only reads"])
+def test_edges_into_a_head_end_at_its_ports(edges):
+    geometry = sankey.sankey_geometry(edges)
+    boxes = boxes_of(geometry)
+    # The head is one box, drawn even when it writes no top edge.
+    assert "l1.h3" in boxes and not {"l1.h3.q", "l1.h3.k"} & set(boxes)
+    ports = {port.receiver: port for port in geometry.ports}
+    assert set(ports) == {"l1.h3.q", "l1.h3.k"}
+    head = boxes["l1.h3"]
+    q, k = ports["l1.h3.q"], ports["l1.h3.k"]
+    assert (q.box, q.kind, k.kind) == ("l1.h3", "q", "k")
+    assert q.x == k.x == head.x0 and head.y0 < k.y < q.y < head.y1  # left side, q above k
+    assert q.description == "l1.h3.q: query input of head l1.h3"
+    links = {link.name: link for link in geometry.links}
+    into_q = links["l0.h1 → l1.h3.q"].points()
+    assert into_q[-1] == (q.x, q.y)
+    upstream = boxes["l0.h1"]
+    assert into_q[0] == (upstream.x1, upstream.centre[1])  # leaves from its box's right side
+    # An edge into an MLP ends on the middle of the box's left side.
+    mlp = boxes["l0.mlp"]
+    assert links["input → l0.mlp"].points()[-1] == (mlp.x0, mlp.centre[1])
+
+
+def test_grouped_key_value_inputs_are_ports_of_their_key_value_head():
+    geometry = sankey.sankey_geometry(GQA_EDGES)
+    boxes = boxes_of(geometry)
+    ports = {port.receiver: port for port in geometry.ports}
+    assert {p.box for p in geometry.ports} == {"l1.h0", "l1.kv0"}
+    assert (ports["l1.kv0.k"].box, ports["l1.kv0.v"].box) == ("l1.kv0", "l1.kv0")
+    assert ports["l1.kv0.v"].description == "l1.kv0.v: value input of key/value head l1.kv0"
+    assert "grouped-query attention" in boxes["l1.kv0"].description
+    assert geometry.has_kv_heads and not sankey.sankey_geometry(EDGES).has_kv_heads
+    link = next(li for li in geometry.links if li.downstream == "l1.kv0.v")
+    assert link.points()[-1] == (ports["l1.kv0.v"].x, ports["l1.kv0.v"].y)
+
+
+def test_no_link_passes_through_a_box():
+    geometry = sankey.sankey_geometry(SKIPPING_EDGES)
+    boxes = boxes_of(geometry)
+    columns = {name: box.column for name, box in boxes.items()}
+    skipping = [li for li in geometry.links
+                if columns[sankey.box_name(li.downstream)] - columns[sankey.box_name(li.upstream)] > 1]
+    assert len(skipping) == 9
+    for link in geometry.links:
+        own = {sankey.box_name(link.upstream), sankey.box_name(link.downstream)}
+        for x, y in link.points(per_segment=200):
+            crossed = [b.name for b in geometry.boxes if b.name not in own and inside(b, x, y)]
+            assert not crossed, f"{link.name} passes through {crossed} at ({x:.2f}, {y:.2f})"
+    # The check would catch a link drawn straight from input to logits: it crosses boxes.
+    ends = next(li for li in skipping if li.name == "input → logits").points()
+    (x0, y0), (x1, y1) = ends[0], ends[-1]
+    chord = [(x0 + t / 100 * (x1 - x0), y0 + t / 100 * (y1 - y0)) for t in range(101)]
+    between = [b for b in geometry.boxes if b.name not in ("input", "logits")]
+    assert any(inside(b, x, y) for b in between for x, y in chord)
+    # Links running over a common column keep apart.
+    lanes = [(columns[sankey.box_name(li.upstream)], columns[sankey.box_name(li.downstream)],
+              li.segments[1][0][1]) for li in skipping]
+    for i, (a0, a1, lane_a) in enumerate(lanes):
+        for b0, b1, lane_b in lanes[i + 1:]:
+            if a0 + 1 <= b1 - 1 and b0 + 1 <= a1 - 1:
+                assert abs(lane_a - lane_b) >= sankey.LANE_SPACING - 1e-9
+
+
+def test_link_width_is_proportional_to_score_with_a_key():
+    geometry = sankey.sankey_geometry(EDGES)
+    per_score = sankey.MAX_LINK_WIDTH / EDGES["score"].abs().max()
+    assert [li.width for li in geometry.links] == pytest.approx(list(EDGES["score"].abs() * per_score))
+    scores, widths = zip(*geometry.scale)
+    assert scores == pytest.approx((0.2, 0.5, 1.0))
+    assert widths == pytest.approx((0.2 * per_score, 0.5 * per_score, per_score))
+    assert sankey.reference_scores(0.3) == pytest.approx([0.05, 0.1, 0.2])
+    assert sankey.reference_scores(4.0) == pytest.approx([0.5, 1, 2])
+    keys = {t.name: t.line.width for t in sankey.sankey_figure(EDGES, "t").data
+            if t.name and t.name.startswith("|score|")}
+    assert keys == pytest.approx({"|score| 0.2": 0.2 * per_score, "|score| 0.5": 0.5 * per_score,
+                                  "|score| 1": per_score})
+    (png_key,) = [lg for lg in legends(sankey.sankey_png_figure(EDGES, "t")) if lg.get_title().get_text()]
+    assert png_key.get_title().get_text() == "link width ∝ |score|"
+    assert {t.get_text(): h.get_linewidth()
+            for t, h in zip(png_key.get_texts(), png_key.legend_handles)} == pytest.approx(keys)
+
+
+def legends(fig):
+    return [c for c in fig.axes[0].get_children() if isinstance(c, Legend)]
+
+
+def legend_text(fig):
+    """Every legend entry of a matplotlib figure, on one line."""
+    return " | ".join(t.get_text().replace("\n", " ") for lg in legends(fig) for t in lg.get_texts())
+
+
+def plotly_links(fig):
+    return [t for t in fig.data if t.name and "→" in t.name]
+
+
+def test_both_renderers_draw_the_same_boxes_ports_and_links():
+    geometry = sankey.sankey_geometry(GQA_EDGES)
+    interactive = sankey.sankey_figure(GQA_EDGES, "t")
+    static = sankey.sankey_png_figure(GQA_EDGES, "t").axes[0]
+    expected = {b.name: (b.x0, b.y0, b.x1, b.y1) for b in geometry.boxes}
+    assert len(expected) == 5
+    assert {s.name: (s.x0, s.y0, s.x1, s.y1) for s in interactive.layout.shapes} == expected
+    patches = [p for p in static.patches if isinstance(p, FancyBboxPatch)]
+    drawn = {p.get_gid(): (p.get_x(), p.get_y(), p.get_x() + p.get_width(),
+                           p.get_y() + p.get_height()) for p in patches}
+    assert drawn.keys() == expected.keys()
+    assert all(drawn[name] == pytest.approx(box) for name, box in expected.items())
+    ends = {li.name: (li.points()[0], li.points()[-1]) for li in geometry.links}
+    assert {t.name: ((t.x[0], t.y[0]), (t.x[-1], t.y[-1])) for t in plotly_links(interactive)} == ends
+    curves = [p for p in static.patches if isinstance(p, PathPatch)]
+    assert {c.get_gid(): (tuple(c.get_path().vertices[0]), tuple(c.get_path().vertices[-1]))
+            for c in curves} == ends
+    ports = sorted((p.x, p.y) for p in geometry.ports)
+    (port_trace,) = [t for t in interactive.data if t.name == "ports"]
+    assert sorted(zip(port_trace.x, port_trace.y)) == ports
+    (port_marks,) = [line for line in static.get_lines() if line.get_gid() == "ports"]
+    assert sorted(zip(port_marks.get_xdata(), port_marks.get_ydata())) == ports
+
+
+def test_sankey_figure_shows_every_edge_with_its_details():
+    fig = sankey.sankey_figure(EDGES, "EAP top edges: m / cs1 / ENGTABLENAME")
+    links = plotly_links(fig)
     assert len(links) == len(EDGES)
-    for (source, target, value, color), edge in zip(links, EDGES.itertuples()):
-        assert (names[source], names[target]) == (edge.upstream, edge.downstream)
-        assert value == pytest.approx(abs(edge.score))
-        assert color == (plots.POSITIVE if edge.score > 0 else plots.NEGATIVE)
-    x = dict(zip(names, sankey.node.x))
-    assert x["input"] < x["l0.h1"] < x["l0.mlp"] < x["l1.h3"] == x["l1.h3.q"] < x["l1.mlp"] < x["logits"]
-    assert all(0 < v < 1 for v in sankey.node.x + sankey.node.y)
-    assert "ENGTABLENAME" in fig.layout.title.text
+    for trace, edge in zip(links, EDGES.itertuples()):
+        assert trace.name == f"{edge.upstream} → {edge.downstream}"
+        assert trace.line.color == (sankey.POSITIVE if edge.score > 0 else sankey.NEGATIVE)
+        assert (trace.line.dash == "solid") == edge.in_top_every_batch
+        assert f"score {edge.score:.4g} (rank {edge.rank})" in trace.hovertemplate
+        every = "yes" if edge.in_top_every_batch else "no"
+        assert f"in the top edges of every batch: {every}" in trace.hovertemplate
+    (ports,) = [t for t in fig.data if t.name == "ports"]
+    assert list(ports.hovertext) == ["l1.h3.q: query input of head l1.h3",
+                                     "l1.h3.k: key input of head l1.h3"]
+    assert list(ports.text) == ["q", "k"]
+    (components,) = [t for t in fig.data if t.name == "components"]
+    assert "l0.mlp: MLP of layer 0" in components.hovertext
+    legend = [t.name.replace("<br>", " ") for t in fig.data if t.showlegend is not False]
+    assert legend[:3] == [sankey.POSITIVE_NOTE, sankey.NEGATIVE_NOTE, sankey.DASHED_NOTE]
+    assert "q, k, v marks" in legend[3] and len(legend) == 4  # no key/value heads to explain
+    assert "ENGTABLENAME" in fig.layout.title.text and "6 edges between 7 components" in fig.layout.title.text
+    assert "l1.h3.q" in fig.to_json()
 
 
-def test_sankey_png_draws_every_edge_by_sign_and_size():
-    fig = plots.sankey_png_figure(EDGES, "EAP top edges: m / cs1 / ENGTABLENAME")
+def test_sankey_png_draws_every_edge_by_sign_and_style():
+    fig = sankey.sankey_png_figure(EDGES, "EAP top edges: m / cs1 / ENGTABLENAME")
     ax = fig.axes[0]
-    texts = {t.get_text() for t in ax.texts}
-    assert set(EDGES["upstream"]) | set(EDGES["downstream"]) <= texts
-    assert "m / cs1 / ENGTABLENAME" in ax.get_title()
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert any("positive" in t for t in legend) and any("negative" in t for t in legend)
+    texts = [t.get_text() for t in ax.texts]
+    assert {b.name for b in sankey.sankey_geometry(EDGES).boxes} | {"q", "k"} == set(texts)
+    assert "m / cs1 / ENGTABLENAME" in ax.get_title() and "6 edges between 7 components" in ax.get_title()
+    meaning = legend_text(fig)
+    assert sankey.POSITIVE_NOTE in meaning and sankey.NEGATIVE_NOTE in meaning
+    assert sankey.DASHED_NOTE in meaning and "q, k, v marks" in meaning
+    assert "key/value head" not in meaning
     curves = [p for p in ax.patches if isinstance(p, PathPatch)]
     assert len(curves) == len(EDGES)
-    blue, red = mcolors.to_rgb("tab:blue"), mcolors.to_rgb("tab:red")
     for curve, edge in zip(curves, EDGES.itertuples()):
-        assert mcolors.to_rgb(curve.get_edgecolor()) == (blue if edge.score > 0 else red)
+        assert mcolors.to_hex(curve.get_edgecolor()) == (sankey.POSITIVE if edge.score > 0 else sankey.NEGATIVE)
         assert (curve.get_linestyle() == "-") == edge.in_top_every_batch
-    widths = [c.get_linewidth() for c in curves]
-    order = EDGES["score"].abs().argsort().tolist()
-    assert [widths[i] for i in order] == sorted(widths)
+    assert "grouped-query attention" in legend_text(sankey.sankey_png_figure(GQA_EDGES, "t"))
 
 
 def test_faithfulness_curve():
@@ -142,7 +302,7 @@ def test_run_stage_writes_all_three_plots(tmp_path, reason):
     CURVE.to_parquet(tmp_path / "faithfulness.parquet")
     SUMMARY.to_parquet(tmp_path / "faithfulness_summary.parquet")
     write_results_json(tmp_path / "eap_results.json", reason)
-    names = ("sankey_html", "sankey_png", "faithfulness_png")
+    names = ("sankey_interactive", "sankey_png", "faithfulness_png")
     out = {name: tmp_path / name.replace("_", ".", 1) for name in names}
     plots.STAGE.run(
         Params(plots.STAGE.name, {"plots": {"dpi": 60}, "model": "tinysql", "dataset": "cs2",
@@ -152,10 +312,11 @@ def test_run_stage_writes_all_three_plots(tmp_path, reason):
         results_json=str(tmp_path / "eap_results.json"),
         **{k: str(v) for k, v in out.items()},
     )
-    html = out["sankey_html"].read_text()
-    assert '"type":"sankey"' in html and "l1.h3.q" in html
-    assert "tinysql \\u002f cs2 \\u002f ENGFIELDNAME" in html  # plotly escapes the slashes
-    assert ("ILL-CONDITIONED" in html) is (reason is not None)
+    sankey = out["sankey_interactive"].read_text()
+    assert "l1.h3.q" in sankey
+    title = plotly.io.read_json(out["sankey_interactive"]).layout.title.text
+    assert title.startswith("EAP top edges: tinysql / cs2 / ENGFIELDNAME")
+    assert ("ILL-CONDITIONED" in title) is (reason is not None)
     for png in ("sankey_png", "faithfulness_png"):
         height, width, _ = mimage.imread(out[png]).shape
         assert height > 100 and width > 100
@@ -163,11 +324,14 @@ def test_run_stage_writes_all_three_plots(tmp_path, reason):
 
 def test_run_stage_refuses_results_without_diagnostics(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps({"metadata": {}}))
-    with pytest.raises(plots.JsonFileError, match="no diagnostics block"):
-        plots.ill_conditioned_reason(str(tmp_path / "r.json"))
+    with pytest.raises(JsonFileError, match="no diagnostics block"):
+        diagnostics.ill_conditioned_reason(str(tmp_path / "r.json"))
 
 
-def test_no_edges_still_plots(tmp_path):
+def test_no_edges_still_plots():
     empty = EDGES.iloc[:0]
-    assert len(plots.sankey_figure(empty, "t").data[0].link.source or []) == 0
-    assert "no edges" in {t.get_text() for t in plots.sankey_png_figure(empty, "t").axes[0].texts}
+    geometry = sankey.sankey_geometry(empty)
+    assert geometry == ([], [], [], [])
+    fig = sankey.sankey_figure(empty, "t")
+    assert not plotly_links(fig) and "no edges" in {a.text for a in fig.layout.annotations}
+    assert "no edges" in {t.get_text() for t in sankey.sankey_png_figure(empty, "t").axes[0].texts}

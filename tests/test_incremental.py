@@ -25,7 +25,7 @@ CONFIG_EDITS = [
     ("clean.batch_size", 3, {"clean_accuracy"}, {"generate_examples", "train_model"}),
     ("data.n_examples", 30, {"generate_examples"}, {"train_model"}),
     ("plots.dpi", 72, {"eap_plots", "ablation_plots", "summary", "weight_circuits",
-                       "logit_attribution", "node_pca", "greedy_pruning"},
+                       "logit_attribution", "pair_logit_attribution", "node_pca", "greedy_pruning"},
      {"train_model", "eap", "node_ablation"}),
     ("eap.top_n", 3, {"eap"},
      {"train_model", "clean_accuracy", "node_ablation", "position_ablation"}),
@@ -100,16 +100,16 @@ def test_ig_steps_under_plain_eap_reruns_nothing(finished_run):
         (finished_run / "config.yaml").write_text(original)
 
 
-def test_removing_a_feature_reruns_only_the_summary(finished_run):
+def test_removing_a_feature_reruns_only_the_summary_and_the_figures_index(finished_run):
     features = lambda c: c["datasets"]["cs1"]["features"]  # noqa: E731
     original = edited_config(finished_run, lambda c: features(c).remove("DEFFIELDNAME"))
     try:
-        assert dry_run_jobs(finished_run) == {"summary": 1}
+        assert dry_run_jobs(finished_run) == {"summary": 1, "interactive_figures": 1}
     finally:
         (finished_run / "config.yaml").write_text(original)
 
 
-def test_adding_a_feature_runs_only_its_jobs_and_the_summary(finished_run):
+def test_adding_a_feature_runs_only_its_jobs_the_summary_and_the_figures_index(finished_run):
     original = edited_config(
         finished_run, lambda c: c["datasets"]["cs1"]["features"].append("ENGFIELDNAME")
     )
@@ -118,7 +118,7 @@ def test_adding_a_feature_runs_only_its_jobs_and_the_summary(finished_run):
     finally:
         (finished_run / "config.yaml").write_text(original)
     assert planned == {"corrupt_pairs": 1, "eap": 1, "faithfulness": 1, "eap_plots": 1,
-                       "summary": 1}
+                       "pair_logit_attribution": 1, "summary": 1, "interactive_figures": 1}
 
 
 @pytest.mark.parametrize("module,readers", SOURCE_EDITS)

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import plotly.io
 import pytest
 import torch
 from threadpoolctl import threadpool_limits
@@ -69,7 +70,7 @@ def run_pca(model_dir, data_dir, out_dir, **pca):
     paths = {
         "summary": out_dir / "pca_nodes.parquet", "points": out_dir / "pca_points.parquet",
         "tags": out_dir / "pca_tags.json", "scatter": out_dir / "pca_scatter.png",
-        "scatter_page": out_dir / "pca_scatter.html", "heatmap": out_dir / "pca_heatmap.png",
+        "scatter_interactive": out_dir / "pca_scatter.plotly.json", "heatmap": out_dir / "pca_heatmap.png",
     }
     run_stage(
         Params(STAGE.name, values), clean=str(data_dir / "clean.parquet"),
@@ -208,8 +209,8 @@ def test_planted_node_separates_and_nodes_blind_to_the_class_stay_near_chance(
     assert {"position": EARLY, "layer": 0, "is_head": True, "num": 1, "tags": ["Fail%:20"]} in tags
     assert {"position": int(planted["position"]), "layer": 0, "is_head": False, "num": 0,
             "tags": ["PCA:3"]} in tags
-    page = paths["scatter_page"].read_text()
-    assert page.count("Plotly.newPlot") == 1 and "customdata" in page
+    page = plotly.io.read_json(paths["scatter_interactive"])
+    assert page.data and all(trace.customdata is not None for trace in page.data)
     assert paths["scatter"].stat().st_size > 0 and paths["heatmap"].stat().st_size > 0
 
 

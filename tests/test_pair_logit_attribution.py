@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_logit_attribution import norms_randomised
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from test_logit_attribution import saved_with_random_norms
 
 from circuitflow.eap.pairs import PAIRS_SCHEMA
 from circuitflow.pair_logit_attribution import run_stage
@@ -43,10 +42,7 @@ def pairs_table(vocab_size: int) -> pd.DataFrame:
 def pair_run(request, tiny_model_dir, tmp_path_factory):
     arch = request.param
     tmp = tmp_path_factory.mktemp(f"pair_dla_{arch}")
-    model = norms_randomised(AutoModelForCausalLM.from_pretrained(tiny_model_dir(arch))).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir(arch))
-    model.save_pretrained(tmp / "model")
-    tokenizer.save_pretrained(tmp / "model")
+    model, tokenizer = saved_with_random_norms(tiny_model_dir(arch), tmp / "model")
     pairs = pairs_table(len(tokenizer))
     write_table(pairs, tmp / "pairs.parquet", schema=PAIRS_SCHEMA)
     params = Params("pair-logit-attribution", {
@@ -72,7 +68,7 @@ def test_components_add_up_to_the_logit_difference_of_each_pair(pair_run):
 
 
 def test_one_row_per_pair_and_component_in_model_order(pair_run):
-    arch, _, pairs, table, _ = pair_run
+    arch, _, _, table, _ = pair_run
     first = table[table["pair_id"] == table["pair_id"].iloc[0]]
     assert list(table["pair_id"]) == sorted(table["pair_id"])
     assert (table.groupby("pair_id").size() == len(first)).all()

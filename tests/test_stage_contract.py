@@ -1,6 +1,7 @@
 """The stage contract: every stage's declaration matches what it runs, reads and imports."""
 
 import csv
+import dataclasses
 import inspect
 import json
 import re
@@ -14,15 +15,21 @@ import circuitflow
 from circuitflow.config import validate_config
 from circuitflow.rules import REGISTRY_MODULE, code_inputs, job_params, stage
 from circuitflow.registry import REGISTRY
-from circuitflow.stage import Params, UndeclaredKey
+from circuitflow.stage import Params, UndeclaredKey, load
 from workflow_run import TINY_CONFIG, snakemake
 
 STAGES = sorted(REGISTRY)
 
 
 @pytest.mark.parametrize("name", STAGES)
+def test_the_workflow_reads_the_declaration_the_stage_runs_with(name):
+    imported = load(name)
+    assert dataclasses.replace(imported, run=None) == stage(name)
+
+
+@pytest.mark.parametrize("name", STAGES)
 def test_declaration_names_the_arguments_run_takes(name):
-    declared = stage(name)
+    declared = load(name)
     taken = list(inspect.signature(declared.run).parameters)
     assert taken[0] == "params"
     assert set(taken[1:]) == set(declared.inputs) | set(declared.outputs)

@@ -16,6 +16,7 @@ from unittest import mock
 
 import numpy as np
 import pandas as pd
+import plotly.io
 import pytest
 import torch
 from tiny_models import ARCHITECTURES, tiny_config
@@ -132,7 +133,7 @@ def circuits_run(request, tiny_model_dir, tmp_path_factory):
     })
     out = {
         "table": tmp / "weight_circuits.parquet", "qk_plot": tmp / "qk.png",
-        "ov_plot": tmp / "ov.png", "page": tmp / "weight_circuits.html",
+        "ov_plot": tmp / "ov.png", "interactive": tmp / "weight_circuits.plotly.json",
     }
     run_stage(params, clean=str(tmp / "clean.parquet"), **{k: str(v) for k, v in out.items()})
     return arch, model, sequence, read_table(out["table"]), out
@@ -248,8 +249,8 @@ def test_outputs_are_labelled(circuits_run):
         )
     for name in ("qk_plot", "ov_plot"):
         assert out[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    page = out["page"].read_text()
-    assert 'src="https://cdn.plot.ly' not in page and len(page) > 1_000_000  # plotly.js inside
+    page = out["interactive"].read_text()
+    assert plotly.io.read_json(out["interactive"]).data
     if arch in ROTARY:
         assert "QK by position does not apply" in page
 

@@ -49,6 +49,9 @@ TINY_CONFIG = {
     "ablation": {"n_examples": 6},
     "eap": {"batch_size": 4, "n_batches": 2, "top_n": 5},
     "faithfulness": {"circuit_sizes": [0, 5, 20, 10000]},
+    # Small figures: drawing them is most of what the plotting jobs cost.
+    "weight_circuits": {"max_tokens": 32, "max_positions": 32},
+    "plots": {"dpi": 60},
 }
 
 

@@ -41,7 +41,7 @@ from circuitflow.device import resolve_device
 from circuitflow.errors import ModelLoadError
 from circuitflow.models.loader import load_model
 from circuitflow.models.weights import ModelWeights, weights_of
-from circuitflow.outputs import atomic_path, save_figure
+from circuitflow.outputs import save_figure, save_interactive
 from circuitflow.stage import Stage
 from circuitflow.tables import write_table
 
@@ -256,7 +256,7 @@ def examples_page(table: pd.DataFrame, order: list[str], tokenizer, title: str) 
     return fig
 
 
-def run_stage(params, clean: str, table: str, plot: str, page: str) -> None:
+def run_stage(params, clean: str, table: str, plot: str, interactive: str) -> None:
     settings = params["logit_attribution"]
     loaded = load_model(params["model"], resolve_device(params["device"]))
     model = loaded.model
@@ -277,16 +277,12 @@ def run_stage(params, clean: str, table: str, plot: str, page: str) -> None:
         f"mean over {len(examples)} correct examples\n{NOTE}"
     )
     save_figure(mean_figure(result, order, title), plot, dpi=params["plots"]["dpi"])
-    with atomic_path(page) as tmp:
-        # The plotly library is embedded so the page opens without network access.
-        page_title = f"{about}: direct logit attribution<br><sub>{NOTE}</sub>"
-        examples_page(result, order, loaded.tokenizer, page_title).write_html(
-            tmp, include_plotlyjs=True
-        )
+    page_title = f"{about}: direct logit attribution<br><sub>{NOTE}</sub>"
+    save_interactive(examples_page(result, order, loaded.tokenizer, page_title), interactive)
 
 
 STAGE = Stage(
-    "logit-attribution", run_stage, ("clean",), ("table", "plot", "page"),
+    "logit-attribution", run_stage, ("clean",), ("table", "plot", "interactive"),
     reads=(
         "model", "device", "logit_attribution.n_examples",
         "logit_attribution.batch_size", "plots.dpi",

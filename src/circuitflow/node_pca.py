@@ -349,7 +349,7 @@ def pca_tags(summary: pd.DataFrame, useful: list[dict]) -> list[dict]:
 
 def run_stage(
     params, clean: str, examples: str, summary: str, points: str, tags: str,
-    scatter: str, scatter_page: str, heatmap: str, useful: str | None = None,
+    scatter: str, scatter_interactive: str, heatmap: str, useful: str | None = None,
 ) -> None:
     settings = params["pca"]
     dataset = params["dataset"]
@@ -379,15 +379,15 @@ def run_stage(
     write_table(node_table, summary, schema=summary_schema(k))
     write_table(point_table, points, schema=points_schema(k))
     write_text(json.dumps(pca_tags(node_table, useful_list), indent=1) + "\n", tags)
-    title = f"{params['model']['name']} {dataset}"
+    title = f"{params['model']['name']} {dataset} ({len(table)} correct examples with a class)"
     write_plots(
         node_table, point_table, title, settings["max_nodes_plotted"], params["plots"]["dpi"],
-        scatter=scatter, page=scatter_page, heatmap=heatmap,
+        scatter=scatter, interactive=scatter_interactive, heatmap=heatmap,
     )
 
 
 STAGE = Stage(
     "node-pca", run_stage, ("clean", "examples", "useful"),
-    ("summary", "points", "tags", "scatter", "scatter_page", "heatmap"),
+    ("summary", "points", "tags", "scatter", "scatter_interactive", "heatmap"),
     reads=("model", "device", "pca", "plots.dpi"), job=("dataset",),
 )

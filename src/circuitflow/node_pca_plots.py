@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from circuitflow import nodes
-from circuitflow.outputs import atomic_path, save_figure
+from circuitflow.outputs import save_figure, save_interactive
 
 NO_DATA = "no node was analysed: no correctly answered example with a class at any site"
 COLUMNS = 4
@@ -157,10 +157,8 @@ def heatmap_figure(summary: pd.DataFrame, title: str):
 
 def write_plots(
     summary: pd.DataFrame, points: pd.DataFrame, title: str, n: int, dpi: int,
-    scatter: str, page: str, heatmap: str,
+    scatter: str, interactive: str, heatmap: str,
 ) -> None:
     save_figure(scatter_figure(summary, points, title, n), scatter, dpi=dpi)
-    with atomic_path(page) as tmp:
-        # The plotly library is embedded once, so the page opens without network access.
-        scatter_page(summary, points, title, n).write_html(tmp, include_plotlyjs=True)
+    save_interactive(scatter_page(summary, points, title, n), interactive)
     save_figure(heatmap_figure(summary, title), heatmap, dpi=dpi)

@@ -93,6 +93,12 @@ def write_text(text: str, target: str | Path) -> None:
         tmp.write_text(text)
 
 
+def save_interactive(fig, target: str | Path) -> None:
+    """Save a plotly figure as plotly's JSON (``plotly.io.read_json`` reads it back); rule
+    interactive_figures draws every one in a page that loads plotly.js once for all of them."""
+    write_text(fig.to_json(), target)
+
+
 def save_figure(fig, target: str | Path, dpi: int = 150) -> None:
     """Save a matplotlib figure atomically and close it."""
     import matplotlib.pyplot as plt

@@ -22,4 +22,5 @@ REGISTRY = {
     "logit-attribution": "circuitflow.logit_attribution",
     "pair-logit-attribution": "circuitflow.pair_logit_attribution",
     "summary": "circuitflow.summary",
+    "interactive-figures": "circuitflow.interactive",
 }

@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 
 from circuitflow.registry import REGISTRY
-from circuitflow.stage import Only, load
+from circuitflow.stage import Only, Stage
 
 PACKAGE = "circuitflow"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -25,7 +25,31 @@ ENTRY_MODULES = ("circuitflow.__main__", "circuitflow.cli")
 REGISTRY_MODULE = "circuitflow.registry"  # see its docstring
 
 
-stage = cache(load)
+# --- declarations ---------------------------------------------------------------------------------
+
+def _literal(node: ast.expr):
+    """A declaration argument: literals, tuples of them, and ``Only(...)``."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Only":
+        return Only(*map(_literal, node.args), **{k.arg: _literal(k.value) for k in node.keywords})
+    if isinstance(node, ast.Tuple):
+        return tuple(map(_literal, node.elts))
+    return ast.literal_eval(node)
+
+
+@cache
+def stage(name: str) -> Stage:
+    """Stage ``name``'s declaration, read from its module's source without importing it (``run``
+    is None): the workflow reads every declaration each time it builds the DAG, and importing
+    the stages (torch, transformers, plotly) took longer than the rest of a dry run."""
+    path = _module_file(REGISTRY[name])
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "STAGE" for t in node.targets
+        ):
+            call = node.value
+            args = [None if i == 1 else _literal(a) for i, a in enumerate(call.args)]
+            return Stage(*args, **{k.arg: _literal(k.value) for k in call.keywords})
+    raise RuntimeError(f"{path}: no `STAGE = Stage(...)` at the top level")
 
 
 # --- params -----------------------------------------------------------------------------------

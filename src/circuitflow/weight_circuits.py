@@ -51,7 +51,7 @@ from circuitflow import nodes
 from circuitflow.errors import TableError
 from circuitflow.models.loader import load_model
 from circuitflow.models.weights import ModelWeights, weights_of
-from circuitflow.outputs import atomic_path, save_figure
+from circuitflow.outputs import save_figure, save_interactive
 from circuitflow.stage import Stage
 from circuitflow.tables import read_table, write_table
 
@@ -280,7 +280,7 @@ def notes(
     return {"qk": qk + common, "ov": ov + common}
 
 
-def run_stage(params, clean: str, table: str, qk_plot: str, ov_plot: str, page: str) -> None:
+def run_stage(params, clean: str, table: str, qk_plot: str, ov_plot: str, interactive: str) -> None:
     settings = params["weight_circuits"]
     offset = settings["rotary_offset"]
     loaded = load_model(params["model"], "cpu")  # weights only, no forward pass: CPU suffices
@@ -304,14 +304,11 @@ def run_stage(params, clean: str, table: str, qk_plot: str, ov_plot: str, page: 
         save_figure(circuit_figure(in_axis, out_axis, matrices, kind, title), target, dpi=dpi)
     subtitle = "<br>".join(lines["qk"][:1] + lines["ov"])
     title = f"{about}: QK and OV circuits<br><sub>{subtitle}</sub>"
-    figure = circuits_page(in_axis, out_axis, matrices, title)
-    with atomic_path(page) as tmp:
-        # The plotly library is embedded so the page opens without network access.
-        figure.write_html(tmp, include_plotlyjs=True)
+    save_interactive(circuits_page(in_axis, out_axis, matrices, title), interactive)
 
 
 STAGE = Stage(
-    "weight-circuits", run_stage, ("clean",), ("table", "qk_plot", "ov_plot", "page"),
+    "weight-circuits", run_stage, ("clean",), ("table", "qk_plot", "ov_plot", "interactive"),
     reads=(
         "model", "weight_circuits.max_tokens", "weight_circuits.max_positions",
         "weight_circuits.rotary_offset", "plots.dpi",

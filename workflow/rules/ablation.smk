@@ -69,12 +69,7 @@ rule ablation_plots:
             caption="../report/ablation_heatmaps.rst", category="Ablation",
             subcategory="{model} {dataset}", labels={"figure": "Node fail % per layer"},
         ),
-        heatmaps_page=report(
-            "results/{model}/{dataset}/ablation_heatmaps.html",
-            caption="../report/ablation_heatmaps.rst", category="Ablation",
-            subcategory="{model} {dataset}",
-            labels={"figure": "Node fail % per layer (interactive)"},
-        ),
+        heatmaps_interactive="results/{model}/{dataset}/ablation_heatmaps.plotly.json",
         position_chart=report(
             "results/{model}/{dataset}/position_fail_rate.png",
             caption="../report/position_fail_rate.rst", category="Ablation",

@@ -16,11 +16,7 @@ rule weight_circuits:
             caption="../report/ov_circuits.rst", category="Weight circuits",
             subcategory="{model} {dataset}", labels={"figure": "OV circuits"},
         ),
-        page=report(
-            "results/{model}/{dataset}/circuits/weight_circuits.html",
-            caption="../report/weight_circuits_page.rst", category="Weight circuits",
-            subcategory="{model} {dataset}", labels={"figure": "QK and OV (interactive)"},
-        ),
+        interactive="results/{model}/{dataset}/circuits/weight_circuits.plotly.json",
     params:
         settings=stage_params("weight-circuits"),
     conda:
@@ -43,12 +39,7 @@ rule logit_attribution:
             caption="../report/logit_attribution.rst", category="Weight circuits",
             subcategory="{model} {dataset}", labels={"figure": "Direct logit attribution"},
         ),
-        page=report(
-            "results/{model}/{dataset}/circuits/logit_attribution.html",
-            caption="../report/logit_attribution_page.rst", category="Weight circuits",
-            subcategory="{model} {dataset}",
-            labels={"figure": "Direct logit attribution per example (interactive)"},
-        ),
+        interactive="results/{model}/{dataset}/circuits/logit_attribution.plotly.json",
     params:
         settings=stage_params("logit-attribution"),
     resources:

@@ -72,11 +72,7 @@ rule eap_plots:
             results_json=rules.eap.output.results_json,
         )),
     output:
-        sankey_html=report(
-            "results/{model}/{dataset}/eap/{feature}/sankey.html",
-            caption="../report/sankey.rst", category="EAP", subcategory="{model} {dataset}",
-            labels={"feature": "{feature}", "figure": "Sankey (interactive)"},
-        ),
+        sankey_interactive="results/{model}/{dataset}/eap/{feature}/sankey.plotly.json",
         sankey_png=report(
             "results/{model}/{dataset}/eap/{feature}/sankey.png",
             caption="../report/sankey.rst", category="EAP", subcategory="{model} {dataset}",

@@ -16,12 +16,7 @@ rule node_pca:
             caption="../report/pca_scatter.rst", category="Node PCA",
             subcategory="{model} {dataset}", labels={"figure": "PC0-PC1 of the most separating nodes"},
         ),
-        scatter_page=report(
-            "results/{model}/{dataset}/pca/pca_scatter.html",
-            caption="../report/pca_scatter.rst", category="Node PCA",
-            subcategory="{model} {dataset}",
-            labels={"figure": "PC0-PC1 of the most separating nodes (interactive)"},
-        ),
+        scatter_interactive="results/{model}/{dataset}/pca/pca_scatter.plotly.json",
         heatmap=report(
             "results/{model}/{dataset}/pca/pca_heatmap.png",
             caption="../report/pca_heatmap.rst", category="Node PCA",

@@ -5,6 +5,7 @@ rule summary:
             clean=[f"results/{m}/{c}/clean.parquet" for m, c in RUNS],
             useful=[f"results/{m}/{c}/useful_nodes.json" for m, c in RUNS],
             top_edges=[f"results/{m}/{c}/eap/{f}/top_edges.parquet" for m, c, f in FEATURE_RUNS],
+            eap_results=[f"results/{m}/{c}/eap/{f}/eap_results.json" for m, c, f in FEATURE_RUNS],
             circuits=[f"results/{m}/{c}/pruning/circuit.json" for m, c in PAIR_RUNS],
         )),
     output:

@@ -23,7 +23,7 @@ from plotly.subplots import make_subplots
 # Imported by name: run_stage's ``nodes`` argument is a path.
 from circuitflow.json_files import read_json
 from circuitflow.nodes import from_quanta, sort_key
-from circuitflow.outputs import atomic_path, save_figure
+from circuitflow.outputs import save_figure, save_interactive
 from circuitflow.proportions import wilson_interval
 from circuitflow.stage import Stage
 from circuitflow.tables import read_table
@@ -163,7 +163,7 @@ def heatmaps_figure(summary: pd.DataFrame, title: str, min_count: int):
     return fig
 
 
-def heatmaps_html(summary: pd.DataFrame, title: str, min_count: int) -> go.Figure:
+def interactive_heatmaps(summary: pd.DataFrame, title: str, min_count: int) -> go.Figure:
     if summary.empty:
         return go.Figure(layout={"title": f"{title}: {NO_DATA}"})
     layers = sorted(summary["layer"].unique())
@@ -320,7 +320,7 @@ def quanta_figure(useful: list[dict], summary: pd.DataFrame, title: str, min_cou
 
 def run_stage(
     params: dict, nodes: str, positions: str, by_role: str, useful: str,
-    heatmaps: str, heatmaps_page: str, position_chart: str, quanta_map: str, role_heatmap: str,
+    heatmaps: str, heatmaps_interactive: str, position_chart: str, quanta_map: str, role_heatmap: str,
 ) -> None:
     node_summary = read_table(nodes, columns=NODE_COLUMNS)
     position_summary = read_table(positions, columns=POSITION_COLUMNS)
@@ -329,9 +329,8 @@ def run_stage(
     dpi, min_count = params["plots"]["dpi"], params["plots"]["min_count"]
     node_title = figure_title(params["model"], params["dataset"], node_summary)
     save_figure(heatmaps_figure(node_summary, node_title, min_count), heatmaps, dpi=dpi)
-    with atomic_path(heatmaps_page) as tmp:
-        # The plotly library is embedded so the page opens without network access.
-        heatmaps_html(node_summary, node_title, min_count).write_html(tmp, include_plotlyjs=True)
+    save_interactive(interactive_heatmaps(node_summary, node_title, min_count),
+                     heatmaps_interactive)
     position_title = figure_title(params["model"], params["dataset"], position_summary)
     save_figure(positions_figure(position_summary, position_title, min_count), position_chart,
                 dpi=dpi)
@@ -342,6 +341,6 @@ def run_stage(
 
 STAGE = Stage(
     "ablation-plots", run_stage, ("nodes", "positions", "by_role", "useful"),
-    ("heatmaps", "heatmaps_page", "position_chart", "quanta_map", "role_heatmap"),
+    ("heatmaps", "heatmaps_interactive", "position_chart", "quanta_map", "role_heatmap"),
     reads=("plots.dpi", "plots.min_count"), job=("model", "dataset"),
 )

@@ -125,7 +125,7 @@ def run_stage(
             "include_mlps": include_mlps, "chain": chain,
         },
     }, indent=1) + "\n", circuit)
-    title = f"{model_name} / {dataset_name}"
+    title = f"{model_name} / {dataset_name} ({len(batch)} pairs)"
     dpi = params["plots"]["dpi"]
     save_figure(score_curve_figure(table, threshold, result.start_score, title), score_curve, dpi)
     layout = runner.layout
