@@ -292,8 +292,8 @@ def test_faithfulness_figure_without_random_circuits():
 
 
 def write_results_json(path, reason):
-    path.write_text(json.dumps({"diagnostics": {"ill_conditioned": reason is not None,
-                                                "reason": reason}}))
+    path.write_text(json.dumps({"metadata": {"n_pairs": 16}, "diagnostics": {
+        "ill_conditioned": reason is not None, "reason": reason}}))
 
 
 @pytest.mark.parametrize("reason", [None, "the gap is 0.03 logits"])
@@ -315,7 +315,7 @@ def test_run_stage_writes_all_three_plots(tmp_path, reason):
     sankey = out["sankey_interactive"].read_text()
     assert "l1.h3.q" in sankey
     title = plotly.io.read_json(out["sankey_interactive"]).layout.title.text
-    assert title.startswith("EAP top edges: tinysql / cs2 / ENGFIELDNAME")
+    assert title.startswith("EAP top edges: tinysql / cs2 / ENGFIELDNAME (16 pairs)")
     assert ("ILL-CONDITIONED" in title) is (reason is not None)
     for png in ("sankey_png", "faithfulness_png"):
         height, width, _ = mimage.imread(out[png]).shape

@@ -14,7 +14,7 @@ from circuitflow.config import validate_config
 from circuitflow.models.loader import load_model
 from circuitflow.tables import read_table
 from circuitflow.tasks import sorting
-from workflow_run import TINY_CONFIG, dry_run_jobs, make_workdir, snakemake
+from workflow_run import REPO, TINY_CONFIG, dry_run_jobs, make_workdir, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -126,6 +126,23 @@ def test_own_prompts_with_a_local_model_through_the_whole_dag(tiny_workflow, tmp
     planned = dry_run_jobs(workdir)
     assert planned.keys() >= {"clean_accuracy", "node_ablation", "corrupt_pairs", "eap"}
     assert planned["clean_accuracy"] == 1 and "train_model" not in planned
+
+
+@pytest.mark.parametrize("configfile", ["config.yaml", *sorted(
+    f"configs/{p.name}" for p in (REPO / "configs").glob("*.yaml"))])
+def test_a_shipped_config_runs_its_own_models_and_datasets_only(tmp_path, configfile):
+    workdir = make_workdir(tmp_path, yaml.safe_load((REPO / "config.yaml").read_text()))
+    shutil.copytree(REPO / "configs", workdir / "configs")
+    args = () if configfile == "config.yaml" else ("--configfile", configfile)
+    shipped = validate_config(yaml.safe_load((REPO / configfile).read_text()))
+    runs = [(m, d) for m, entry in shipped["models"].items() for d in entry["analyse_on"]]
+    planned = dry_run_jobs(workdir, *args)
+    builtin = [m for m, entry in shipped["models"].items() if entry["source"] == "builtin"]
+    assert planned["train_model"] == len(builtin)
+    assert planned["generate_examples"] == len({d for _, d in runs})
+    assert planned["clean_accuracy"] == planned["node_ablation"] == len(runs)
+    features = sum(len(shipped["datasets"][d]["features"]) for _, d in runs)
+    assert planned["eap"] == planned["faithfulness"] == features
 
 
 def test_lint_is_clean(tmp_path):

@@ -8,7 +8,12 @@ from circuitflow.rules import (
     stage,
 )
 
-configfile: "config.yaml"
+# A config given with --configfile replaces config.yaml instead of extending it: merged into it,
+# a shipped config's datasets and models would run beside the default ones.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
 
 report: "../report/workflow.rst"
 

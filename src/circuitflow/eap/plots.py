@@ -11,6 +11,8 @@ from matplotlib.ticker import FuncFormatter
 
 from circuitflow.eap.diagnostics import ill_conditioned_reason
 from circuitflow.eap.sankey import sankey_figure, sankey_png_figure
+from circuitflow.errors import JsonFileError
+from circuitflow.json_files import read_json
 from circuitflow.outputs import save_figure, save_interactive
 from circuitflow.stage import Stage
 from circuitflow.tables import read_table
@@ -77,7 +79,10 @@ def run_stage(
     curve = read_table(faithfulness, columns=FAITHFULNESS_COLUMNS)
     summary = read_table(faithfulness_summary, columns=SUMMARY_COLUMNS)
     warning = ill_conditioned_reason(results_json)
-    about = f"{params['model']} / {params['dataset']} / {params['feature']}"
+    n_pairs = read_json(results_json).get("metadata", {}).get("n_pairs")
+    if not isinstance(n_pairs, int):
+        raise JsonFileError(f"{results_json}: no metadata.n_pairs; run rule eap again to rebuild it")
+    about = f"{params['model']} / {params['dataset']} / {params['feature']} ({n_pairs} pairs)"
     sankey_title = f"EAP top edges: {about}" + (
         " (ILL-CONDITIONED: see eap_results.json)" if warning else ""
     )
