@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from circuitflow.clean import CLEAN_SCHEMA
 from circuitflow.stage import Params
 from circuitflow.tables import read_table, write_table
-from circuitflow.weight_circuits import dataset_axes, run_stage
+from circuitflow.weight_circuits import dataset_axes, run_stage, shown_values
 
 OUTPUT_PROJECTION = {
     "gpt2": "transformer.h.{}.attn.c_proj",
@@ -265,3 +265,14 @@ def test_axes_cut_a_large_vocabulary_to_the_dataset():
     tokens, n_positions, note = dataset_axes(clean, vocab_size=100, max_tokens=3, max_positions=4)
     assert tokens == [5, 7, 9] and n_positions == 4  # counts 3, 2, 2; ties to the lower id
     assert "3 most frequent of its 5" in note
+
+
+def test_the_page_shows_three_significant_digits_of_every_value():
+    rng = np.random.default_rng(0)
+    matrix = (rng.normal(size=(6, 9)) * 10.0 ** rng.integers(-4, 4, size=(6, 9))).astype(np.float32)
+    shown = shown_values(matrix)
+    assert shown.dtype == np.float32
+    # Cut toward zero by less than 2^-10 of each value: three significant digits stay right.
+    assert np.all(np.abs(matrix - shown) < np.abs(matrix) * 2.0**-10)
+    assert np.all(np.sign(shown) == np.sign(matrix)) and np.all(np.abs(shown) <= np.abs(matrix))
+    assert np.all(shown.view(np.uint32) & 0x1FFF == 0)

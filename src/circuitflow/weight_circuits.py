@@ -226,19 +226,27 @@ def circuit_figure(in_axis: Axis, out_axis: Axis, matrices: dict, kind: str, tit
     return fig
 
 
+def shown_values(matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` as float32 cut to 10 bits of mantissa (3 significant digits, the hover's): the
+    zeroed bits make the page compress by a third, which keeps the report small; the table
+    holds every digit."""
+    return (np.asarray(matrix, np.float32).view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
 def circuits_page(in_axis: Axis, out_axis: Axis, matrices: dict, title: str) -> go.Figure:
     """QK and OV side by side, one head at a time (a dropdown picks the head)."""
     heads = sorted({(layer, head) for layer, head, _ in matrices})
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("QK", "OV"), horizontal_spacing=0.12)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("QK", "OV"),
+                        horizontal_spacing=0.22)  # room for QK's colour bar and OV's token labels
     for i, (layer, head) in enumerate(heads):
         for col, kind in ((1, "qk"), (2, "ov")):
             matrix = matrices[layer, head, kind]
             rows = in_axis if kind == "qk" else out_axis
             hover = ("query %{y}<br>key %{x}" if kind == "qk" else "output %{y}<br>attending %{x}")
             fig.add_trace(go.Heatmap(
-                z=matrix, x=in_axis.labels, y=rows.labels, colorscale="RdBu", zmid=0,
-                visible=i == 0, colorbar={"x": 0.45 if col == 1 else 1.0, "len": 0.9},
-                hovertemplate=hover + "<br>%{z:.4g}<extra></extra>",
+                z=shown_values(matrix), x=in_axis.labels, y=rows.labels, colorscale="RdBu", zmid=0,
+                visible=i == 0, colorbar={"x": 0.4 if col == 1 else 1.0, "len": 0.9},
+                hovertemplate=hover + "<br>%{z:.3g}<extra></extra>",
             ), row=1, col=col)
     buttons = [
         {"label": nodes.head(layer, head), "method": "update", "args": [
@@ -248,8 +256,11 @@ def circuits_page(in_axis: Axis, out_axis: Axis, matrices: dict, title: str) -> 
         for i, (layer, head) in enumerate(heads)
     ]
     fig.update_layout(
-        title=f"{title}<br>{nodes.head(*heads[0])}", height=850, width=1600,
-        updatemenus=[{"buttons": buttons, "x": 0, "y": 1.08, "xanchor": "left"}],
+        title={"text": f"{title}<br>{nodes.head(*heads[0])}", "y": 0.98, "yanchor": "top"},
+        height=1000, width=1600, margin={"t": 230, "l": 190},
+        # Above the plots, right of the title's lines: the subtitle spans up to five of them.
+        updatemenus=[{"buttons": buttons, "x": 1.0, "y": 1.2, "xanchor": "right",
+                      "yanchor": "bottom"}],
     )
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title_text="key", row=1, col=1)
