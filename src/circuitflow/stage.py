@@ -16,7 +16,9 @@ the job itself that reach the stage as params of their own name: its wildcards (
 what the rule computes from the config (the runs a sweep summary collects).
 
 ``circuitflow.registry.REGISTRY`` maps each command to its module; the command line and the
-workflow both read it.
+workflow both read it. The workflow reads a declaration from the module's source without
+importing it (``circuitflow.rules.stage``), so its arguments are literals, tuples and ``Only``
+calls, and ``run`` is a name.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def top_edges_table(edge_runs: list[dict], top_edge_paths: list[str],
         reason = ill_conditioned_reason(results)
         frames.append(edges.assign(**run, ill_conditioned=reason is not None,
                                    ill_conditioned_reason=reason)[[*run, *EDGE_COLUMNS]])
-    return pd.concat(frames, ignore_index=True).astype({"ill_conditioned_reason": "str"})
+    return pd.concat(frames, ignore_index=True).astype({"ill_conditioned_reason": "string"})
 
 
 def text_colour(rgba) -> str:
