@@ -1,6 +1,7 @@
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
@@ -29,6 +30,13 @@ def tiny_model_dir(tmp_path_factory):
 
 
 __all__ = ["ARCHITECTURES"]
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Tests draw figures without saving them; pyplot keeps each until it is closed."""
+    yield
+    plt.close("all")
 
 
 @pytest.fixture(scope="session")
