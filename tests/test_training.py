@@ -87,6 +87,28 @@ def test_answer_loss_counts_only_answer_and_eos():
     assert torch.allclose(loss, torch.nn.functional.cross_entropy(logits[keep], targets[keep]))
 
 
+@pytest.mark.parametrize("micro_batch_size", [1, 2, 3, 5])
+def test_micro_batches_give_the_whole_batch_gradient(micro_batch_size):
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=20, n_positions=16, n_embd=8, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+    )
+    model = GPT2LMHeadModel(config).eval()
+    lengths = [(4, 2), (1, 5), (7, 1), (2, 2), (3, 6)]
+    examples = [
+        training.build_example(list(range(1, 1 + p)), list(range(10, 10 + a)), 0) for p, a in lengths
+    ]
+    # Hugging Face's own mean loss over one right-padded batch of all five.
+    input_ids, labels = training._pad_batch(examples, pad_id=0)
+    expected_loss = model(input_ids, labels=labels).loss
+    expected = torch.autograd.grad(expected_loss, list(model.parameters()))
+
+    loss = training.batch_loss_backward(model, examples, 0, micro_batch_size, torch.device("cpu"))
+    assert loss == pytest.approx(expected_loss.item(), rel=1e-6)
+    for parameter, grad in zip(model.parameters(), expected):
+        torch.testing.assert_close(parameter.grad, grad, rtol=1e-5, atol=1e-7)
+
+
 def test_saved_model_loads(trained):
     model = AutoModelForCausalLM.from_pretrained(trained["model"])
     tokenizer = AutoTokenizer.from_pretrained(trained["model"])
