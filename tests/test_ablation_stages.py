@@ -248,6 +248,17 @@ def test_wilson_interval_closed_forms():
     assert np.isnan(low[2]) and np.isnan(high[2])
 
 
+def test_wilson_interval_holds_the_rate_exactly_at_none_and_all():
+    # Rounding once put the bound at 0 of n successes a hair above 0 (n = 10, 13, 34, ...),
+    # which made the position chart's error bars negative and its stage fail.
+    n = np.arange(1, 2001)
+    for k in (np.zeros_like(n), n, n // 3):
+        low, high = wilson_interval(k, n)
+        assert np.all(low <= k / n) and np.all(k / n <= high)
+    assert np.all(wilson_interval(np.zeros_like(n), n)[0] == 0)
+    assert np.all(wilson_interval(n, n)[1] == 1)
+
+
 def test_position_chart_has_wilson_bars_and_counts(stage_outputs):
     _, out = stage_outputs
     summary = read(out, "position_summary.parquet")

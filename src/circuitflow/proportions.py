@@ -21,5 +21,8 @@ def wilson_interval(successes, trials, confidence: float = 0.95) -> tuple[np.nda
         shrink = 1 + z**2 / n
         centre = (p + z**2 / (2 * n)) / shrink
         half = z / shrink * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
-    low, high = np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+    # The interval always holds p; rounding can put a bound a hair past it (low 1e-17 above 0
+    # at no successes), which would make error bars negative.
+    low = np.minimum(np.clip(centre - half, 0, 1), p)
+    high = np.maximum(np.clip(centre + half, 0, 1), p)
     return np.where(n > 0, low, np.nan), np.where(n > 0, high, np.nan)
