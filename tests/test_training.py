@@ -96,7 +96,8 @@ def test_micro_batches_give_the_whole_batch_gradient(micro_batch_size):
     model = GPT2LMHeadModel(config).eval()
     lengths = [(4, 2), (1, 5), (7, 1), (2, 2), (3, 6)]
     examples = [
-        training.build_example(list(range(1, 1 + p)), list(range(10, 10 + a)), 0) for p, a in lengths
+        training.build_example(list(range(1, 1 + p)), list(range(10, 10 + a)), 0)
+        for p, a in lengths
     ]
     # Hugging Face's own mean loss over one right-padded batch of all five.
     input_ids, labels = training._pad_batch(examples, pad_id=0)

@@ -71,7 +71,8 @@ def _pad_batch(
 
 
 def answer_loss(
-    model: GPT2LMHeadModel, input_ids: torch.Tensor, labels: torch.Tensor, n_labels: int | None = None
+    model: GPT2LMHeadModel, input_ids: torch.Tensor, labels: torch.Tensor,
+    n_labels: int | None = None,
 ) -> torch.Tensor:
     """Next-token loss summed over labelled positions and divided by ``n_labels`` (default:
     their number here, the mean).
@@ -99,13 +100,13 @@ def batch_loss_backward(
     """
     examples = sorted(examples, key=lambda example: len(example[0]))
     n_labels = sum(label != IGNORE for _, labels in examples for label in labels[1:])
-    loss = 0.0
+    loss = torch.zeros((), dtype=torch.float64, device=device)  # what summing Python floats did
     for start in range(0, len(examples), micro_batch_size):
         input_ids, labels = _pad_batch(examples[start:start + micro_batch_size], pad_id)
         part = answer_loss(model, input_ids.to(device), labels.to(device), n_labels)
         part.backward()
-        loss += part.item()
-    return loss
+        loss += part.detach()
+    return loss.item()  # one device sync per step, not one per micro-batch
 
 
 def _heldout_accuracy(
