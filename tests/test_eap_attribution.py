@@ -62,8 +62,19 @@ def nudged_metric(model, batch, corrupt, edge, eps):
     weights[edge] = eps
     with torch.no_grad():
         current = model.upstream_buffer(batch.clean)
-        logits = model.run(batch.clean, record=current, patch=(corrupt, weights))
+        logits = model.run(batch.clean, batch.last, record=current, patch=(corrupt, weights))
     return logit_diff(logits, batch).mean().item()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_run_gives_the_hugging_face_logits_at_each_rows_last_position(tiny_model_dir, arch):
+    model = edge_model(tiny_model_dir, arch)
+    batch = random_batch(seed=8)
+    with torch.no_grad():
+        final = model.run(batch.clean, batch.last)
+        full = model.bridge.original_model(batch.clean).logits
+    at_last = full[torch.arange(len(batch.last)), batch.last]
+    torch.testing.assert_close(final, at_last, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -73,7 +84,7 @@ def test_every_score_is_the_finite_difference_of_patching_its_edge(tiny_model_di
     scores, _, corrupt_diff, _ = attribute(model, batch)
     corrupt = model.upstream_buffer(batch.corrupt)
     with torch.no_grad():
-        corrupt_logits = model.run(batch.corrupt, record=corrupt)
+        corrupt_logits = model.run(batch.corrupt, batch.last, record=corrupt)
     assert logit_diff(corrupt_logits, batch).mean().item() == pytest.approx(corrupt_diff)
     up, down = model.graph.edges
     fd = torch.tensor([
@@ -107,7 +118,7 @@ def test_ig_averages_gradients_along_the_input_path(tiny_model_dir):
     ig = attribute(model, batch, ig_steps=steps)[0]
     corrupt = model.upstream_buffer(batch.corrupt)
     with torch.no_grad():
-        model.run(batch.corrupt, record=corrupt)
+        model.run(batch.corrupt, batch.last, record=corrupt)
     g = model.graph
 
     def metric(alpha, receiver, w):
@@ -116,7 +127,7 @@ def test_ig_averages_gradients_along_the_input_path(tiny_model_dir):
         with torch.no_grad():
             current = model.upstream_buffer(batch.clean)
             logits = model.run(
-                batch.clean, record=current, patch=(corrupt, weights),
+                batch.clean, batch.last, record=current, patch=(corrupt, weights),
                 input_fn=lambda x: corrupt[0] + alpha * (x - corrupt[0]),
             )
         return logit_diff(logits, batch).mean().item()
@@ -146,7 +157,7 @@ def test_emulated_heads_match_split_hooks(tiny_model_dir):
         for model in (split, derived):
             corrupt = model.upstream_buffer(batch.corrupt)
             with torch.no_grad():
-                model.run(batch.corrupt, record=corrupt)
+                model.run(batch.corrupt, batch.last, record=corrupt)
             records.append(corrupt)
         torch.testing.assert_close(records[0], records[1], rtol=0, atol=1e-10)
         weights = torch.rand(split.graph.edge_mask.shape, dtype=torch.float64)
@@ -155,7 +166,9 @@ def test_emulated_heads_match_split_hooks(tiny_model_dir):
         for model in (split, derived):
             with torch.no_grad():
                 current = model.upstream_buffer(batch.clean)
-                patched.append(model.run(batch.clean, record=current, patch=(records[0], weights)))
+                patched.append(
+                    model.run(batch.clean, batch.last, record=current, patch=(records[0], weights))
+                )
         torch.testing.assert_close(patched[0], patched[1], rtol=0, atol=1e-6)
         scores = [attribute(model, batch)[0] for model in (split, derived)]
         torch.testing.assert_close(scores[0], scores[1], rtol=0, atol=1e-6)
@@ -168,7 +181,7 @@ def test_gpt_neo_per_head_outputs_add_up_to_the_attention_output(tiny_model_dir)
     record = model.upstream_buffer(batch.clean)
     with torch.no_grad():
         _, cache = model.bridge.run_with_cache(batch.clean)
-        model.run(batch.clean, record=record)
+        model.run(batch.clean, batch.last, record=record)
     g = model.graph
     for layer in range(g.n_layers):
         heads = record[g.head(layer):g.head(layer) + g.n_heads].sum(0)

@@ -88,7 +88,7 @@ def test_removing_one_edge_matches_a_hand_made_patch(tiny_model_dir):
     batch = random_batch(seed=6)
     corrupt = model.upstream_buffer(batch.corrupt)
     with torch.no_grad():
-        model.run(batch.corrupt, record=corrupt)
+        model.run(batch.corrupt, batch.last, record=corrupt)
         clean_logits, cache = model.bridge.run_with_cache(batch.clean)
     everything = g.edges
     input_to_logits = (everything[0] == 0) & (everything[1] == g.logits_receiver)
@@ -101,8 +101,10 @@ def test_removing_one_edge_matches_a_hand_made_patch(tiny_model_dir):
         logits = model.bridge.run_with_hooks(
             batch.clean, fwd_hooks=[(final_residual, lambda x, hook: x - shift)]
         )
-    torch.testing.assert_close(patched, logit_diff(logits, batch), rtol=0, atol=1e-5)
-    assert not torch.allclose(patched, logit_diff(clean_logits, batch), atol=1e-3)
+    rows = torch.arange(len(batch.last))
+    expected = logit_diff(logits[rows, batch.last], batch)
+    torch.testing.assert_close(patched, expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(patched, logit_diff(clean_logits[rows, batch.last], batch), atol=1e-3)
 
 
 def test_ranking_by_absolute_or_signed_mean_score_and_foreign_edges(tiny_model_dir):
@@ -205,7 +207,7 @@ def test_patching_every_input_of_a_layer_gives_its_corrupt_outputs(tiny_model_di
     batch = random_batch(seed=7)
     corrupt = model.upstream_buffer(batch.corrupt)
     with torch.no_grad():
-        corrupt_logits = model.run(batch.corrupt, record=corrupt)
+        corrupt_logits = model.run(batch.corrupt, batch.last, record=corrupt)
     for layer in range(g.n_layers + 1):
         last = layer == g.n_layers
         cols = (slice(g.logits_receiver, g.logits_receiver + 1) if last
@@ -214,7 +216,7 @@ def test_patching_every_input_of_a_layer_gives_its_corrupt_outputs(tiny_model_di
         weights[:, cols] = g.edge_mask[:, cols].to(weights.dtype)
         current = model.upstream_buffer(batch.clean)
         with torch.no_grad():
-            logits = model.run(batch.clean, record=current, patch=(corrupt, weights))
+            logits = model.run(batch.clean, batch.last, record=current, patch=(corrupt, weights))
         if last:
             torch.testing.assert_close(logits, corrupt_logits, rtol=0, atol=1e-8)
         else:

@@ -60,9 +60,8 @@ def attribute(model: EdgeModel, batch: PairBatch, ig_steps: int = 1) -> BatchSco
     g = model.graph
     corrupt = model.upstream_buffer(batch.corrupt)
     with torch.no_grad():
-        corrupt_logits = model.run(batch.corrupt, record=corrupt)
-        corrupt_diff = logit_diff(corrupt_logits, batch).mean().item()
-        final = corrupt_logits[torch.arange(len(batch), device=corrupt_logits.device), batch.last]
+        final = model.run(batch.corrupt, batch.last, record=corrupt)
+        corrupt_diff = logit_diff(final, batch).mean().item()
         says_clean = (final.argmax(-1) == batch.clean_answer).double().mean().item()
     delta = model.upstream_buffer(batch.clean)
     scores = torch.zeros(len(g.upstream), len(g.receivers), dtype=delta.dtype, device=delta.device)
@@ -77,13 +76,13 @@ def attribute(model: EdgeModel, batch: PairBatch, ig_steps: int = 1) -> BatchSco
     # The clean pass (k = steps) comes first: it records a_clean, which every step's scores use.
     for k in range(ig_steps, 0, -1):
         if k == ig_steps:
-            logits = model.run(batch.clean, record=delta, on_grad=accumulate)
+            logits = model.run(batch.clean, batch.last, record=delta, on_grad=accumulate)
             delta -= corrupt
             clean_diff = logit_diff(logits.detach(), batch).mean().item()
         else:
             alpha = k / ig_steps
             logits = model.run(
-                batch.clean, on_grad=accumulate,
+                batch.clean, batch.last, on_grad=accumulate,
                 input_fn=lambda x: corrupt_input + alpha * (x - corrupt_input),
             )
         logit_diff(logits, batch).mean().backward()

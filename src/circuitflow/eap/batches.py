@@ -67,9 +67,9 @@ def pair_batches(pairs: pd.DataFrame, pad_id: int, device: torch.device | str = 
     return batches
 
 
-def logit_diff(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
-    """Per row: logit(clean answer) − logit(corrupt answer) at the row's last real position."""
-    final = logits[torch.arange(len(batch.last), device=logits.device), batch.last]
+def logit_diff(final: torch.Tensor, batch: PairBatch) -> torch.Tensor:
+    """Per row: logit(clean answer) − logit(corrupt answer), from the logits [batch, vocab] at
+    the row's last real position."""
     return final.gather(1, batch.clean_answer[:, None]).squeeze(1) - final.gather(
         1, batch.corrupt_answer[:, None]
     ).squeeze(1)

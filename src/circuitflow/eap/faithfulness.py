@@ -104,8 +104,10 @@ def patched_logit_diff(model: EdgeModel, batch: PairBatch, corrupt: torch.Tensor
     corrupt upstream outputs ``corrupt`` (see ``EdgeModel.run``)."""
     with torch.no_grad():
         current = model.upstream_buffer(batch.clean)
-        logits = model.run(batch.clean, record=current, patch=(corrupt, weights.to(current.device)))
-        return logit_diff(logits, batch)
+        final = model.run(
+            batch.clean, batch.last, record=current, patch=(corrupt, weights.to(current.device))
+        )
+        return logit_diff(final, batch)
 
 
 def circuit_requests(sizes: list[int], n_edges: int) -> list[tuple[float | None, int]]:
@@ -163,8 +165,8 @@ def run_stage(params: dict, pairs: str, edges: str, out: str, summary: str) -> N
         and every circuit."""
         corrupt = model.upstream_buffer(batch.corrupt)
         with torch.no_grad():
-            corrupted = logit_diff(model.run(batch.corrupt, record=corrupt), batch)
-            full = logit_diff(model.run(batch.clean), batch)
+            corrupted = logit_diff(model.run(batch.corrupt, batch.last, record=corrupt), batch)
+            full = logit_diff(model.run(batch.clean, batch.last), batch)
         patched = [patched_logit_diff(model, batch, corrupt, w) for w in circuits]
         return torch.stack([full, corrupted, *patched]).cpu()
 
