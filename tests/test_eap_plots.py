@@ -12,7 +12,7 @@ import pytest
 from matplotlib.legend import Legend
 from matplotlib.patches import FancyBboxPatch, PathPatch
 
-from circuitflow.eap import diagnostics, plots, sankey
+from circuitflow.eap import plots, sankey
 from circuitflow.errors import JsonFileError
 from circuitflow.stage import Params
 
@@ -323,9 +323,22 @@ def test_run_stage_writes_all_three_plots(tmp_path, reason):
 
 
 def test_run_stage_refuses_results_without_diagnostics(tmp_path):
-    (tmp_path / "r.json").write_text(json.dumps({"metadata": {}}))
-    with pytest.raises(JsonFileError, match="no diagnostics block"):
-        diagnostics.ill_conditioned_reason(str(tmp_path / "r.json"))
+    EDGES.to_parquet(tmp_path / "top_edges.parquet")
+    CURVE.to_parquet(tmp_path / "faithfulness.parquet")
+    SUMMARY.to_parquet(tmp_path / "faithfulness_summary.parquet")
+    (tmp_path / "r.json").write_text(json.dumps({"metadata": {"n_pairs": 16}}))
+    names = ("sankey_interactive", "sankey_png", "faithfulness_png")
+    out = {name: tmp_path / name.replace("_", ".", 1) for name in names}
+    with pytest.raises(JsonFileError, match="r.json: no diagnostics block"):
+        plots.STAGE.run(
+            Params(plots.STAGE.name, {"plots": {"dpi": 60}, "model": "tinysql", "dataset": "cs2",
+                                      "feature": "ENGFIELDNAME"}),
+            top_edges=str(tmp_path / "top_edges.parquet"),
+            faithfulness=str(tmp_path / "faithfulness.parquet"),
+            faithfulness_summary=str(tmp_path / "faithfulness_summary.parquet"),
+            results_json=str(tmp_path / "r.json"), **{k: str(v) for k, v in out.items()},
+        )
+    assert not any(path.exists() for path in out.values())
 
 
 def test_no_edges_still_plots():

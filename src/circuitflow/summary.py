@@ -61,7 +61,7 @@ def top_edges_table(edge_runs: list[dict], top_edge_paths: list[str],
     for run, path, results in zip(edge_runs, top_edge_paths, results_paths, strict=True):
         edges = read_table(path, columns=["upstream", "downstream", "score", "rank"])
         edges = edges.nsmallest(TOP_EDGES_SHOWN, "rank")
-        reason = ill_conditioned_reason(results)
+        reason = ill_conditioned_reason(read_json(results), results)
         frames.append(edges.assign(**run, ill_conditioned=reason is not None,
                                    ill_conditioned_reason=reason)[[*run, *EDGE_COLUMNS]])
     return pd.concat(frames, ignore_index=True).astype({"ill_conditioned_reason": "string"})

@@ -4,12 +4,11 @@ that reports on the run (its plots, the sweep summary)."""
 from __future__ import annotations
 
 from circuitflow.errors import JsonFileError
-from circuitflow.json_files import read_json
 
 
-def ill_conditioned_reason(results_json: str) -> str | None:
-    """Why eap_results.json marks its run ill-conditioned, or None when it does not."""
-    results = read_json(results_json)
+def ill_conditioned_reason(results: dict, results_json: str) -> str | None:
+    """Why ``results`` (read from ``results_json``) marks its run ill-conditioned, or None when
+    it does not."""
     diagnostics = results.get("diagnostics") if isinstance(results, dict) else None
     if not isinstance(diagnostics, dict) or "ill_conditioned" not in diagnostics:
         raise JsonFileError(f"{results_json}: no diagnostics block; run rule eap again to rebuild it")

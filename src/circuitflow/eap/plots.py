@@ -78,8 +78,9 @@ def run_stage(
     edges = read_table(top_edges, columns=TOP_EDGE_COLUMNS)
     curve = read_table(faithfulness, columns=FAITHFULNESS_COLUMNS)
     summary = read_table(faithfulness_summary, columns=SUMMARY_COLUMNS)
-    warning = ill_conditioned_reason(results_json)
-    n_pairs = read_json(results_json).get("metadata", {}).get("n_pairs")
+    results = read_json(results_json)
+    warning = ill_conditioned_reason(results, results_json)
+    n_pairs = results.get("metadata", {}).get("n_pairs")
     if not isinstance(n_pairs, int):
         raise JsonFileError(f"{results_json}: no metadata.n_pairs; run rule eap again to rebuild it")
     about = f"{params['model']} / {params['dataset']} / {params['feature']} ({n_pairs} pairs)"
