@@ -88,13 +88,16 @@ def main() -> None:
         corrupt_answer=torch.randint(1, vocab, (n,), device=args.device),
     )
 
+    rows = torch.arange(n, device=args.device)
+
     def plain():
         hf.zero_grad(set_to_none=True)
-        logit_diff(hf(batch.clean).logits, batch).mean().backward()
+        logit_diff(hf(batch.clean).logits[rows, batch.last], batch).mean().backward()
 
     def plain_frozen():
         embeddings = hf.get_input_embeddings()(batch.clean).detach().requires_grad_(True)
-        logit_diff(hf(inputs_embeds=embeddings).logits, batch).mean().backward()
+        logits = hf(inputs_embeds=embeddings).logits
+        logit_diff(logits[rows, batch.last], batch).mean().backward()
 
     def frozen(fn):
         """``fn`` on the model with its weights frozen, as EAP runs; the plain pass needs them."""

@@ -76,16 +76,16 @@ def attribute(model: EdgeModel, batch: PairBatch, ig_steps: int = 1) -> BatchSco
     # The clean pass (k = steps) comes first: it records a_clean, which every step's scores use.
     for k in range(ig_steps, 0, -1):
         if k == ig_steps:
-            logits = model.run(batch.clean, batch.last, record=delta, on_grad=accumulate)
+            final = model.run(batch.clean, batch.last, record=delta, on_grad=accumulate)
             delta -= corrupt
-            clean_diff = logit_diff(logits.detach(), batch).mean().item()
+            clean_diff = logit_diff(final.detach(), batch).mean().item()
         else:
             alpha = k / ig_steps
-            logits = model.run(
+            final = model.run(
                 batch.clean, batch.last, on_grad=accumulate,
                 input_fn=lambda x: corrupt_input + alpha * (x - corrupt_input),
             )
-        logit_diff(logits, batch).mean().backward()
+        logit_diff(final, batch).mean().backward()
     return BatchScores(scores / ig_steps, clean_diff, corrupt_diff, says_clean)
 
 
