@@ -65,6 +65,17 @@ def test_labels_mask_the_prompt():
     assert labels == [training.IGNORE] * 3 + [8, 9, 0]
 
 
+def test_training_ids_are_the_tokenizers_own():
+    from circuitflow.models.tokenizer import train_tokenizer
+    from circuitflow.tasks import tinysql
+
+    texts = list(tinysql.examples({"command_set": "cs3"}, 200, seed=3)["prompt"])
+    texts += ["", " leading space", "SELECT a.b FROM a JOIN c ON a.id = c.id"]
+    tokenizer = train_tokenizer(texts[:100], vocab_size=300)
+    wanted = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+    assert training._tokenize(tokenizer, pd.Series(texts)) == wanted
+
+
 def test_answer_loss_counts_only_answer_and_eos():
     torch.manual_seed(0)
     config = GPT2Config(

@@ -57,7 +57,10 @@ def _generate(datasets: dict, name: str, n_examples: int, seed: int, stream: int
 
 
 def _tokenize(tokenizer, texts) -> list[list[int]]:
-    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    # The Rust tokenizer directly: the same ids, without the Python wrapper's per-text
+    # BatchEncoding work (about half the time on 90,000 prompts).
+    encodings = tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False)
+    return [encoding.ids for encoding in encodings]
 
 
 def _pad_batch(
