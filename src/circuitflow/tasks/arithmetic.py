@@ -57,8 +57,9 @@ MODEL = {
     # Tuned on one CPU thread (what Snakemake gives the job): d_model 64 steps ~2.5x cheaper
     # than 128 and learned faster per second; 4 layers learned subtraction where 3 did not and
     # 6 learned nothing. Batches of 64 plateaued near 19% for 6,000 steps and batches of 128 at
-    # lr 0.01 learned nothing. This schedule reaches 99% at step 4,000; cut to 3,000-4,000
-    # steps it ended at 49-62% (docs/benchmarks.md).
+    # lr 0.01 learned nothing. This schedule reached 99% at step 4,000 on one machine and 51%
+    # on another of the same kind; cut to 3,000-4,000 steps it ended at 49-62%
+    # (docs/benchmarks.md): no margin.
     "batch_size": 128, "learning_rate": 0.007, "warmup_steps": 300, "weight_decay": 0.1,
     "n_train_examples": 100000, "max_steps": 4500, "eval_every": 500,
 }
