@@ -194,6 +194,14 @@ def test_early_stop(tmp_path):
     assert pd.read_parquet(paths["curve"])["step"].max() == 5
 
 
+def test_init_std_sets_the_initial_weights_scale(tmp_path):
+    # A learning rate this small leaves the weights where initialisation put them.
+    paths = train(tmp_path, init_std=0.3, max_steps=1, eval_every=1, learning_rate=1e-12)
+    weights = load_file(paths["model"] / "model.safetensors")
+    for name in ("transformer.wte.weight", "transformer.h.0.attn.c_attn.weight"):
+        assert weights[name].std().item() == pytest.approx(0.3, rel=0.1), name
+
+
 def test_datasets_limit_what_is_learned_and_evaluated(tmp_path):
     paths = train(tmp_path, train_on=["cs2"], max_steps=2, eval_every=2)
     assert pd.read_parquet(paths["heldout"])["dataset"].tolist() == ["cs2"]

@@ -217,6 +217,7 @@ def run_stage(params, model, curve, plot, heldout) -> None:
         n_embd=settings["d_model"],
         n_layer=settings["n_layers"],
         n_head=settings["n_heads"],
+        initializer_range=settings["init_std"],
         # Exact GELU is one fused kernel; GPT-2's tanh approximation costs ~15% of a CPU step.
         activation_function="gelu",
         # Dropout only slows learning a synthetic task with unlimited fresh data.
