@@ -238,16 +238,12 @@ def test_sql_and_context_follow_the_structured_columns(with_synonyms):
             listed = ", ".join(f"{c['name']} {c['type']}" for c in columns)
             return f"CREATE TABLE {table} ( {listed} )"
 
-        tables = table_of(row)
-
-        def column(name):
-            return f"{tables[name]}.{name}" if row.join is not None else name
-
         context = create(row.table, row.columns)
         if row.join is not None:
             context += "; " + create(row.join["table"], row.join["columns"])
         assert row.create_table == context
-        items = [f"{a}({column(f)}) AS {a}_{f}" if a else column(f)
+        # Only CS5's join keys are qualified: the other columns' names belong to one table.
+        items = [f"{a}({f}) AS {a}_{f}" if a else f
                  for f, a in zip(row.selected_fields, row.aggregates)]
         sql = f"SELECT {', '.join(items)} FROM {row.table}"
         if row.join is not None:
@@ -256,11 +252,11 @@ def test_sql_and_context_follow_the_structured_columns(with_synonyms):
                     f" = {join['table']}.{join['key']}")
         if len(row.where):
             sql += " WHERE " + " ".join(
-                f"{w['conjunction']} {column(w['field'])} {w['op']} {w['value']}".lstrip()
+                f"{w['conjunction']} {w['field']} {w['op']} {w['value']}".lstrip()
                 for w in row.where)
         if len(row.order_by):
             sql += " ORDER BY " + ", ".join(
-                f"{column(o['field'])} {o['direction']}" for o in row.order_by)
+                f"{o['field']} {o['direction']}" for o in row.order_by)
         assert row.sql == sql
         assert row.prompt == (
             f"### Instruction: {row.english} ### Context: {row.create_table} ### Response: "
@@ -465,7 +461,6 @@ def expected_span_text(role, row):
                 }.get(role, {row.table})
     i = int(index) - 1
     aggregate = row.aggregates[i] if kind.endswith("agg") or kind == "sql_alias" else None
-    tables = table_of(row)
     join = row.join or {}
     where = row.where[i] if "where" in kind else None
     return {
@@ -477,13 +472,11 @@ def expected_span_text(role, row):
         "def_field_2": lambda: {join["columns"][i]["name"]},
         "def_type_2": lambda: {join["columns"][i]["type"]},
         "sql_field": lambda: {row.selected_fields[i]},
-        "sql_field_table": lambda: {tables[row.selected_fields[i]]},
         "sql_agg": lambda: {aggregate},
         "sql_alias": lambda: {f"{aggregate}_{row.selected_fields[i]}"},
         "eng_agg": lambda: {b for p in phrasing.AGGREGATE_PHRASES[aggregate] for b in bracketed(p)},
         "eng_order_field": lambda: english_words_of(row, row.order_by[i]["field"]),
         "sql_order_field": lambda: {row.order_by[i]["field"]},
-        "sql_order_table": lambda: {tables[row.order_by[i]["field"]]},
         "sql_order_dir": lambda: {row.order_by[i]["direction"]},
         "eng_order_dir": lambda: set(phrasing.DIRECTION_PHRASES[row.order_by[i]["direction"]]),
         "sql_join_on_table": lambda: {(row.table, join["table"])[i]},
@@ -495,7 +488,6 @@ def expected_span_text(role, row):
         "eng_where_value": lambda: {english_value(where)},
         "eng_where_conj": lambda: {where["conjunction"].lower()},
         "sql_where_field": lambda: {where["field"]},
-        "sql_where_table": lambda: {tables[where["field"]]},
         "sql_where_op": lambda: {where["op"]},
         "sql_where_value": lambda: {where["value"]},
         "sql_where_conj": lambda: {where["conjunction"]},
@@ -521,9 +513,6 @@ def expected_roles(row):
         roles |= {f"{r}_{j}" for j in range(1, len(row.join["columns"]) + 1)
                   for r in ("def_field_2", "def_type_2")}
         roles |= {f"sql_join_on_{r}_{i}" for i in (1, 2) for r in ("table", "field")}
-        roles |= {f"sql_field_table_{k}" for k in range(1, n_selected + 1)}
-        roles |= {f"sql_order_table_{k}" for k in range(1, n_order + 1)}
-        roles |= {f"sql_where_table_{k}" for k in range(1, n_where + 1)}
     return roles
 
 

@@ -3,10 +3,10 @@
 CS1 is ``SELECT f1, f2 FROM t``; CS2 adds ``ORDER BY fa ASC, fb DESC``; CS3 adds aggregates
 (``MAX(price) AS MAX_price``) to CS2. CS4 adds ``WHERE`` with 1-3 conditions to CS1 content,
 with CS2's ORDER BY and CS3's aggregates each present half the time. CS5 joins a second table
-(``FROM t JOIN u ON t.u_id = u.id``, every column qualified by its table), with CS4's WHERE,
-the ORDER BY and the aggregates each present half the time. Each example records the character
-span of every piece that names something (``spans``, over ``prompt + sql``), so that later
-stages can label tokens.
+(``FROM t JOIN u ON t.u_id = u.id``, with CS4's WHERE, the ORDER BY and the aggregates each
+present half the time); only the keys are qualified by their table, as every other column name
+belongs to one of the two. Each example records the character span of every piece that names
+something (``spans``, over ``prompt + sql``), so that later stages can label tokens.
 """
 
 from __future__ import annotations
@@ -225,15 +225,6 @@ def sql_text(
     join: Join | None = None,
 ) -> _Text:
     sql = _Text()
-    joined = {f.name for f in join.columns} if join is not None else set()
-
-    def add_column(name: str, role: str, table_role: str) -> None:
-        # With two tables every column is qualified by its own (names differ across the two).
-        if join is not None:
-            sql.add(join.table if name in joined else table, table_role)
-            sql.add(".")
-        sql.add(name, role)
-
     sql.add("SELECT ")
     for k, (field, aggregate) in enumerate(zip(selected, aggregates), 1):
         if k > 1:
@@ -241,11 +232,11 @@ def sql_text(
         if aggregate:
             sql.add(aggregate, f"sql_agg_{k}")
             sql.add("(")
-            add_column(field.name, f"sql_field_{k}", f"sql_field_table_{k}")
+            sql.add(field.name, f"sql_field_{k}")
             sql.add(") AS ")
             sql.add(f"{aggregate}_{field.name}", f"sql_alias_{k}")
         else:
-            add_column(field.name, f"sql_field_{k}", f"sql_field_table_{k}")
+            sql.add(field.name, f"sql_field_{k}")
     sql.add(" FROM ")
     sql.add(table, "sql_table")
     if join is not None:
@@ -266,7 +257,7 @@ def sql_text(
                 sql.add(" ")
                 sql.add(condition.conjunction, f"sql_where_conj_{k}")
                 sql.add(" ")
-            add_column(condition.field.name, f"sql_where_field_{k}", f"sql_where_table_{k}")
+            sql.add(condition.field.name, f"sql_where_field_{k}")
             sql.add(" ")
             sql.add(condition.op, f"sql_where_op_{k}")
             sql.add(" ")
@@ -276,7 +267,7 @@ def sql_text(
         for k, (field, direction) in enumerate(order_by, 1):
             if k > 1:
                 sql.add(", ")
-            add_column(field.name, f"sql_order_field_{k}", f"sql_order_table_{k}")
+            sql.add(field.name, f"sql_order_field_{k}")
             sql.add(" ")
             sql.add(direction, f"sql_order_dir_{k}")
     return sql
