@@ -53,7 +53,8 @@ OPTIONS = {
 FEATURES = ("ENGTABLENAME", "ENGFIELDNAME", "DEFTABLENAME", "DEFFIELDNAME")
 PAIRS_GIVEN = False
 COLUMNS = [f for f in SCHEMA if f.name not in ("example_id", "prompt", "sql", "spans")]
-# n_ctx: CS5 prompts with their SQL reach about 350 tokens of a 2048-token BPE.
+# n_ctx: CS5 prompts with their SQL reach about 280 tokens of a 2048-token BPE (the default
+# column counts), more with more columns.
 # Batches of 128 reach 98% where batches of 64 ended at 90% on CS3 after 3,000 steps; initial
 # weights of std 0.1 (about 1/sqrt(d_model)) instead of GPT-2's 0.02, tuned for a width of 768,
 # reached 98% on every command set at step 1,250 instead of 1,750 (docs/benchmarks.md), so the
