@@ -87,18 +87,23 @@ def result(operation: str, x: int, y: int) -> int:
     return x + y if operation == "add" else x - y
 
 
-def _text(operation: str, x: int, y: int, n_digits: int) -> tuple[str, str, list[dict]]:
-    """Prompt, answer and one role span per character."""
+def _text(operation: str, x: int, y: int, n_digits: int) -> tuple[str, str]:
+    """Prompt and answer."""
     value = result(operation, x, y)
     prompt = f"{x:0{n_digits}d}{SYMBOLS[operation]}{y:0{n_digits}d}="
     answer = ("-" if value < 0 else "+") + f"{abs(value):0{n_digits + 1}d}"
+    return prompt, answer
+
+
+def _spans(n_digits: int) -> list[dict]:
+    """One role span per character of prompt and answer: the same for every example, so made once
+    per table (made per example, they took most of the time of drawing the training examples)."""
     roles = (
         [f"x_{i}" for i in reversed(range(n_digits))] + ["op"]
         + [f"y_{i}" for i in reversed(range(n_digits))] + ["eq", "sign"]
         + [f"a_{i}" for i in reversed(range(n_digits + 1))]
     )
-    spans = [{"role": role, "start": p, "end": p + 1} for p, role in enumerate(roles)]
-    return prompt, answer, spans
+    return [{"role": role, "start": p, "end": p + 1} for p, role in enumerate(roles)]
 
 
 def digit_class(operation: str, x_digit: int, y_digit: int) -> str:
@@ -146,9 +151,9 @@ def examples(options: dict, n: int, seed: int) -> pd.DataFrame:
         drawn = [(op, *_draw(rng, op, wanted, n_digits, d)) for op, wanted in chosen]
     else:
         drawn = [_uniform(rng, options) for _ in range(n)]
-    rows = []
+    rows, spans = [], _spans(n_digits)
     for example_id, (operation, x, y) in enumerate(drawn):
-        prompt, answer, spans = _text(operation, x, y, n_digits)
+        prompt, answer = _text(operation, x, y, n_digits)
         rows.append({
             "example_id": example_id, "prompt": prompt, "answer": answer, "spans": spans,
             "class": digit_class(operation, x // 10**d % 10, y // 10**d % 10),
@@ -170,7 +175,7 @@ def pairs(options: dict, feature: str, n: int, seed: int) -> pd.DataFrame:
     options = settings(options)
     n_digits, d = options["n_digits"], options["class_digit"]
     rng = random.Random(f"arithmetic/pairs/{feature}/{seed}")
-    rows = []
+    rows, spans = [], _spans(n_digits)
     for _ in range(n):
         operation, x, y = _uniform(rng, options)
         changed = x if feature == "X_DIGIT" else y
@@ -178,8 +183,8 @@ def pairs(options: dict, feature: str, n: int, seed: int) -> pd.DataFrame:
         digit += digit >= changed // 10**d % 10
         changed = _with_digit(changed, d, digit)
         corrupt_x, corrupt_y = (changed, y) if feature == "X_DIGIT" else (x, changed)
-        clean_prompt, clean_answer, spans = _text(operation, x, y, n_digits)
-        corrupt_prompt, corrupt_answer, _ = _text(operation, corrupt_x, corrupt_y, n_digits)
+        clean_prompt, clean_answer = _text(operation, x, y, n_digits)
+        corrupt_prompt, corrupt_answer = _text(operation, corrupt_x, corrupt_y, n_digits)
         rows.append({
             "clean_prompt": clean_prompt, "clean_answer": clean_answer, "spans": spans,
             "corrupt_prompt": corrupt_prompt, "corrupt_answer": corrupt_answer,
